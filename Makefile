@@ -1,0 +1,32 @@
+# selu-sweep: every target sets itself up (creates .venv and installs the project if needed).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test sweep smoke lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)           ## run the test suite (offline, ~5 min on 2 cores)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+sweep: $(STAMP)          ## the main job: python sweeps/run.py with configs/default.yaml
+	$(PY) sweeps/run.py $(ARGS)
+
+smoke: $(STAMP)          ## the whole pipeline offline on synthetic data, in under 2 minutes
+	$(PY) sweeps/run.py --config sweeps/configs/smoke.yaml --name smoke --overwrite $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)          ## analysis speed benchmark (see benchmarks/README.md)
+	$(PY) benchmarks/bench_analysis.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

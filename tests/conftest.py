@@ -1,0 +1,78 @@
+"""Shared fixtures: a local 2-CPU Ray instance, tiny synthetic data, fake CIFAR-10 copies."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Never attach to a cluster that happens to be running on the test machine.
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A private local Ray instance (2 CPUs, no dashboard) for the whole test session."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset():
+    """400 train / 100 val / 100 test synthetic images: learnable in 1-2 epochs."""
+    from trainable import make_dataset
+
+    return make_dataset("synthetic", val_size=100, synthetic_size=(500, 100), synthetic_seed=0)
+
+
+def write_batch(path: Path, n: int, seed: int = 0, *, data=None, labels=None) -> None:
+    """Write one CIFAR-10 pickle batch the way the official archive does (bytes keys)."""
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8) if data is None else data
+    labels = [int(v) for v in rng.integers(0, 10, size=n)] if labels is None else labels
+    with open(path, "wb") as fh:
+        pickle.dump({b"batch_label": b"fake", b"data": data, b"labels": labels,
+                     b"filenames": [b"x.png"] * len(labels)}, fh, protocol=2)
+
+
+def make_batches_dir(root: Path, n_per_batch: int = 20) -> Path:
+    """A tiny but complete ``cifar-10-batches-py`` directory under ``root``."""
+    out = root / "cifar-10-batches-py"
+    out.mkdir(parents=True)
+    for i in range(1, 6):
+        write_batch(out / f"data_batch_{i}", n_per_batch, seed=i)
+    write_batch(out / "test_batch", n_per_batch, seed=99)
+    with open(out / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [b"c"] * 10}, fh)
+    return out
+
+
+def make_archive(root: Path, n_per_batch: int = 20) -> Path:
+    """A tiny ``cifar-10-python.tar.gz`` with the official member layout."""
+    batches = make_batches_dir(root / "src", n_per_batch)
+    archive = root / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(batches, arcname="cifar-10-batches-py")
+    return archive
+
+
+@pytest.fixture
+def batches_dir(tmp_path) -> Path:
+    return make_batches_dir(tmp_path)
+
+
+@pytest.fixture
+def archive(tmp_path) -> Path:
+    return make_archive(tmp_path)
