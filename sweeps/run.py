@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Run a SELU-vs-ReLU sweep: Optuna search through Ray Tune, confirmation over seeds, report.
+
+    python sweeps/run.py                                   # configs/default.yaml
+    python sweeps/run.py --config sweeps/configs/smoke.yaml --name demo
+    python sweeps/run.py --name default --resume           # continue after any interruption
+    python sweeps/run.py --set search.num_samples=16 --set resources.gpus_per_trial=0.25
+
+Exit codes: 0 done, 2 bad input (nothing started or written), 1 failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script from a checkout: make the packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sweeps.config import DEFAULT_CONFIG, ConfigError, parse_config, read_yaml  # noqa: E402
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, not argparse's usage dump
+        raise ConfigError(f"{message} (see --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sweeps/run.py", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.RawDescriptionHelpFormatter,
+                epilog="Configs: sweeps/configs/{default,smoke,blog,selu-paper}.yaml. Results: "
+                       "<storage-path>/<name>/ holding config.yaml, optuna.db, search/, confirm/, report/.")
+    p.add_argument("--config", metavar="FILE", help=f"sweep config YAML (default: {DEFAULT_CONFIG.name}; "
+                   "on --resume, the sweep's saved config.yaml)")
+    p.add_argument("--name", help="experiment name (directory under --storage-path); overrides `name`")
+    p.add_argument("--storage-path", metavar="PATH", help="where experiments live: a local dir or "
+                   "s3://, gs:// (default: results)")
+    p.add_argument("--data-dir", metavar="PATH", help="local CIFAR-10: a cifar-10-batches-py dir or "
+                   "cifar-10-python.tar.gz (default: the Keras download cache)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster to join ('auto' = the running one); "
+                   "default: RAY_ADDRESS if set, else a private local Ray")
+    p.add_argument("--optuna-storage", metavar="URL", help="SQLAlchemy URL of the Optuna study "
+                   "(default: sqlite file in the experiment dir)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep of this name")
+    p.add_argument("--overwrite", action="store_true", help="delete an existing sweep of this name first")
+    p.add_argument("--skip-confirm", action="store_true", help="run the search stage only")
+    p.add_argument("--confirm-only", action="store_true", help="run only the confirmation stage, "
+                   "from the best configs of an existing search")
+    p.add_argument("--no-report", action="store_true", help="do not write the analysis report")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config value, e.g. --set search.num_samples=8 (repeatable)")
+    return p
+
+
+def parse(argv: list[str] | None = None):
+    """Parse the command line and the config; returns (SweepConfig, RunOptions). No side effects."""
+    from sweeps.runner import RunOptions, experiment_dir
+
+    args = build_parser().parse_args(argv)
+    overrides = list(args.overrides)
+    for flag, key in (("name", "name"), ("storage_path", "storage_path"), ("data_dir", "data.data_dir"),
+                      ("address", "address"), ("optuna_storage", "search.optuna_storage")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.insert(0, f"{key}={value}")
+    if args.resume and args.config is None:
+        # Resume what was started: the saved, resolved config (plus any --set/--address changes).
+        probe = parse_config(read_yaml(DEFAULT_CONFIG), [o for o in overrides if o.split("=")[0]
+                                                         in ("name", "storage_path")])
+        saved = Path(experiment_dir(probe)) / "config.yaml"
+        raw = read_yaml(saved) if saved.exists() else read_yaml(DEFAULT_CONFIG)
+    else:
+        raw = read_yaml(args.config or DEFAULT_CONFIG)
+    cfg = parse_config(raw, overrides)
+    options = RunOptions(resume=args.resume, overwrite=args.overwrite, skip_confirm=args.skip_confirm,
+                         confirm_only=args.confirm_only, report=not args.no_report)
+    return cfg, options
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainable.data import DataError
+
+    try:
+        cfg, options = parse(argv)
+        from sweeps.runner import SweepFailed, SweepInterrupted, run_sweep
+
+        exp = run_sweep(cfg, options)
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except SweepInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume", file=sys.stderr)
+        return 1
+    except SweepFailed as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"done: {exp}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())
