@@ -1,0 +1,129 @@
+"""Figures (matplotlib, Agg). Each ``_get_*_info`` computes the data; each ``plot_*`` only draws it
+and returns the Figure, or None when there is nothing to draw."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def _colors(arms) -> dict[str, str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {arm: cycle[i % len(cycle)] for i, arm in enumerate(sorted(arms))}
+
+
+def _get_learning_curve_info(epochs: pd.DataFrame, stage: str = "confirm") -> pd.DataFrame:
+    """Mean and std over seeds per arm and epoch, for the stage's trials."""
+    e = epochs[epochs["stage"] == stage]
+    if e.empty:
+        return pd.DataFrame()
+    cols = ["train_accuracy", "val_accuracy", "val_loss"]
+    g = e.groupby(["arm", "epoch"])[cols]
+    info = g.mean().add_suffix("_mean").join(g.std().add_suffix("_std")).join(g.size().rename("n"))
+    return info.reset_index()
+
+
+def plot_learning_curves(epochs: pd.DataFrame, stage: str = "confirm"):
+    info = _get_learning_curve_info(epochs, stage)
+    if info.empty:
+        return None
+    colors = _colors(info["arm"].unique())
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, d in info.groupby("arm"):
+        c = colors[arm]
+        for col, style in (("train_accuracy", "--"), ("val_accuracy", "-")):
+            ax_acc.plot(d["epoch"], d[f"{col}_mean"], style, color=c,
+                        label=f"{arm} {col.split('_')[0]} (n={d['n'].max()})")
+            ax_acc.fill_between(d["epoch"], d[f"{col}_mean"] - d[f"{col}_std"].fillna(0),
+                                d[f"{col}_mean"] + d[f"{col}_std"].fillna(0), color=c, alpha=0.15)
+        ax_loss.plot(d["epoch"], d["val_loss_mean"], color=c, label=arm)
+        ax_loss.fill_between(d["epoch"], d["val_loss_mean"] - d["val_loss_std"].fillna(0),
+                             d["val_loss_mean"] + d["val_loss_std"].fillna(0), color=c, alpha=0.15)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{stage}: accuracy (mean ± std over seeds)")
+    ax_loss.set(xlabel="epoch", ylabel="validation loss", title=f"{stage}: validation loss")
+    ax_acc.legend(fontsize=7)
+    ax_loss.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_lr_sensitivity(trials: pd.DataFrame):
+    t = trials[(trials["stage"] == "search") & trials["final_val_accuracy"].notna()]
+    if t.empty:
+        return None
+    colors = _colors(t["arm"].unique())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, d in t.groupby("arm"):
+        stopped = d["status"] != "finished"
+        ax.scatter(d.loc[~stopped, "lr"], d.loc[~stopped, "final_val_accuracy"], color=colors[arm], label=arm)
+        ax.scatter(d.loc[stopped, "lr"], d.loc[stopped, "final_val_accuracy"], color=colors[arm],
+                   marker="x", alpha=0.6, label=f"{arm} (stopped early/diverged)")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="final val_accuracy",
+           title="search: val_accuracy vs learning rate")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _get_distribution_info(trials: pd.DataFrame, stage: str) -> dict[str, dict[str, np.ndarray]]:
+    t = trials[(trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])]
+    return {m: {arm: d[m].dropna().to_numpy(float) for arm, d in t.groupby("arm")}
+            for m in ("final_gap", "val_loss_rise")}
+
+
+def plot_overfitting(trials: pd.DataFrame, stage: str = "confirm"):
+    info = _get_distribution_info(trials, stage)
+    if not any(len(v) for per_arm in info.values() for v in per_arm.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (metric, per_arm) in zip(axes, info.items()):
+        arms = sorted(per_arm)
+        ax.boxplot([per_arm[a] for a in arms], tick_labels=arms)
+        for i, a in enumerate(arms, start=1):
+            ax.scatter(np.full(len(per_arm[a]), i) + np.linspace(-0.08, 0.08, len(per_arm[a])),
+                       per_arm[a], s=14, alpha=0.7)
+        ax.set(title=f"{stage}: {metric}", ylabel=metric)
+    fig.tight_layout()
+    return fig
+
+
+def _get_search_progress_info(trials: pd.DataFrame) -> pd.DataFrame:
+    t = trials[trials["stage"] == "search"].copy()
+    if t.empty:
+        return t
+    t["order"] = t.groupby("arm").cumcount() + 1
+    score = t["final_val_accuracy"].where(t["status"] == "finished")
+    t["best_so_far"] = score.groupby(t["arm"]).cummax()
+    return t
+
+
+def plot_search_progress(trials: pd.DataFrame):
+    t = _get_search_progress_info(trials)
+    if t.empty:
+        return None
+    colors = _colors(t["arm"].unique())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, d in t.groupby("arm"):
+        ax.step(d["order"], d["best_so_far"], where="post", color=colors[arm], label=arm)
+        ax.scatter(d["order"], d["final_val_accuracy"], color=colors[arm], s=10, alpha=0.5)
+    ax.set(xlabel="trial (per arm, in start order)", ylabel="val_accuracy",
+           title="search: best finished trial so far")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_param_importance(importances: pd.DataFrame):
+    if importances.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3))
+    pivot = importances.pivot(index="param", columns="study", values="importance").fillna(0)
+    pivot.plot.barh(ax=ax)
+    ax.set(xlabel="importance (Optuna fANOVA)", title="search: parameter importance")
+    fig.tight_layout()
+    return fig
