@@ -167,8 +167,9 @@ def verdict(trials: pd.DataFrame, stage: str = "confirm", alpha: float = ALPHA) 
             sentence = (f"No significant difference in {label} between {a} and {b} at {_n_text(row)} "
                         f"({a} - {b} = {100 * row['diff']:+.1f} points, {ci}, {_p_text(row, len(comp))}).")
         if significant(gap, alpha):
-            more, less = (a, b) if gap["diff"] > 0 else (b, a)
-            g_more, g_less = (gap["mean_a"], gap["mean_b"]) if gap["diff"] > 0 else (gap["mean_b"], gap["mean_a"])
+            first = gap["diff"] > 0
+            more, less = (a, b) if first else (b, a)
+            g_more, g_less = (gap["mean_a"], gap["mean_b"]) if first else (gap["mean_b"], gap["mean_a"])
             sentence += (f" {more} overfits more: train-val gap {g_more:.3f} vs {g_less:.3f} "
                          f"({_p_text(gap, len(gaps))}).")
         elif np.isfinite(gap["p_value"]):

@@ -372,7 +372,7 @@ def _build(raw: dict) -> SweepConfig:
 
     s = raw.get("search", {})
     es = EarlyStoppingConfig(**s.pop("early_stopping", {}))
-    space = tuple(_parse_spec(k, v) for k, v in (s.pop("space", None) or {}).items())
+    space = tuple(_parse_spec(k, v) for k, v in sorted((s.pop("space", None) or {}).items()))
     search = SearchConfig(**s, space=space, early_stopping=es)
     _one_of("search.mode", search.mode, ("stratified", "joint"))
     _one_of("search.objective", search.objective, ("final", "best"))
@@ -481,6 +481,7 @@ def parse_config(raw: dict, overrides: list[str] | tuple[str, ...] = ()) -> Swee
     return _build(raw)
 
 
-def load_config(path: str | Path = DEFAULT_CONFIG, overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
+def load_config(path: str | Path = DEFAULT_CONFIG,
+                overrides: list[str] | tuple[str, ...] = ()) -> SweepConfig:
     """Read, override and validate a sweep config file."""
     return parse_config(read_yaml(path), overrides)

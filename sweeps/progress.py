@@ -13,9 +13,9 @@ _COLUMNS = ("trial", "arm", "lr", "epochs", "epoch", "val_acc", "gap", "status")
 class ProgressTable(tune.Callback):
     """Prints every ``every_s`` seconds, and when a trial ends, one row per trial."""
 
-    def __init__(self, stage: str, total: int, every_s: float = 20.0, stream=None):
+    def __init__(self, stage: str, total: int, every_s: float = 20.0):
+        # No stream attribute: Tune pickles callbacks with the experiment, and streams don't pickle.
         self.stage, self.total, self.every_s = stage, total, every_s
-        self.stream = stream or sys.stdout
         self._last = 0.0
         self._rows: dict[str, dict] = {}
 
@@ -43,7 +43,7 @@ class ProgressTable(tune.Callback):
         lines = [f"== {self.stage}: {done}/{self.total} trials done ==",
                  "  ".join(c.ljust(widths[c]) for c in _COLUMNS)]
         lines += ["  ".join(r[c].ljust(widths[c]) for c in _COLUMNS) for r in self._rows.values()]
-        print("\n".join(lines), file=self.stream, flush=True)
+        print("\n".join(lines), file=sys.stdout, flush=True)
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._row(trial, "RUNNING")

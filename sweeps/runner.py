@@ -127,7 +127,12 @@ def start_ray(cfg: SweepConfig):
     address = cfg.address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
-    if address != "local":
+    if address == "local":
+        # Our private instance keeps Ray's default token auth; its notice about that is noise here.
+        import logging
+
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    else:
         # Ship this checkout's packages, so workers run the same code as the driver.
         import sweeps
         import trainable

@@ -247,7 +247,7 @@ def synthetic_cifar10(n_train: int = 1000, n_test: int = 200, seed: int = 0):
         images = np.empty((n, *IMAGE_SHAPE), dtype=np.float32)
         for i, (label, (dy, dx)) in enumerate(zip(labels, shifts)):
             images[i] = np.roll(patterns[label], (dy, dx), axis=(0, 1))
-        images = 0.6 * images + 0.4 * rng.uniform(0, 255, size=images.shape)
+        images = 0.45 * images + 0.55 * rng.uniform(0, 255, size=images.shape)
         return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
     return sample(n_train), sample(n_test)

@@ -1,0 +1,77 @@
+"""sweeps/run.py as a user runs it: bad input exits 2 with one line, no traceback, no writes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = sorted((Path(__file__).parent / "bad_configs").glob("*.yaml"))
+SMOKE = ROOT / "sweeps" / "configs" / "smoke.yaml"
+
+
+def run_cli(*args, timeout=120):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(ROOT / "sweeps" / "run.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def assert_one_line_error(proc, fragment: str):
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("path", CORPUS, ids=[p.stem for p in CORPUS])
+def test_bad_config_exits_2_with_one_line_and_writes_nothing(path, tmp_path):
+    proc = run_cli("--config", path, "--storage-path", tmp_path / "results")
+    expected = path.read_text().splitlines()[0].removeprefix("# expect:").strip()
+    assert_one_line_error(proc, expected)
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--config", "/nonexistent.yaml"], "no such file"),
+    (["--bogus-flag"], "unrecognized arguments"),
+    (["--set", "search.num_samples"], "expected KEY=VALUE"),
+    (["--set", "search.num_samples=-1"], "must be at least 1"),
+    (["--data-dir", "/nonexistent/cifar"], "does not exist"),
+    (["--config", SMOKE, "--resume", "--overwrite"], "contradict"),
+    (["--config", SMOKE, "--skip-confirm", "--confirm-only"], "contradict"),
+    (["--config", SMOKE, "--name", "never-ran", "--resume"], "no sweep named 'never-ran'"),
+])
+def test_bad_command_lines_exit_2(args, fragment, tmp_path):
+    proc = run_cli(*args, "--storage-path", tmp_path / "results")
+    assert_one_line_error(proc, fragment)
+    assert not (tmp_path / "results").exists()
+
+
+def test_existing_sweep_is_not_overwritten_without_a_flag(tmp_path):
+    exp = tmp_path / "results" / "smoke"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text("precious: true\n")
+    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path / "results")
+    assert_one_line_error(proc, "--resume")
+    assert (exp / "config.yaml").read_text() == "precious: true\n"
+
+
+def test_gpu_request_on_a_gpu_less_cluster_fails_fast(tmp_path):
+    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path / "results",
+                   "--set", "resources.gpus_per_trial=1")
+    assert_one_line_error(proc, "1 GPU")
+    assert not (tmp_path / "results").exists()
+
+
+def test_help_documents_every_flag():
+    proc = run_cli("--help")
+    assert proc.returncode == 0
+    for flag in ("--config", "--name", "--storage-path", "--data-dir", "--address", "--resume",
+                 "--overwrite", "--set", "--skip-confirm", "--confirm-only", "--optuna-storage"):
+        assert flag in proc.stdout
