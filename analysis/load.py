@@ -62,8 +62,8 @@ def _trial_dirs(stage_dir: Path) -> list[Path]:
                   if p.is_dir() and ((p / "params.json").exists() or (p / "result.json").exists()))
 
 
-def _statuses(stage_dir: Path) -> dict[str, str]:
-    """Trial dir name -> Tune status, from the newest readable experiment_state file."""
+def _statuses(stage_dir: Path) -> dict[str, tuple[str, str]]:
+    """Trial dir name -> (Tune status, trial id), from the newest readable experiment_state file."""
     for state_file in sorted(glob.glob(str(stage_dir / "experiment_state-*.json")), reverse=True):
         try:
             with open(state_file) as fh:
@@ -71,7 +71,7 @@ def _statuses(stage_dir: Path) -> dict[str, str]:
             out = {}
             for item in state["trial_data"]:
                 trial = json.loads(item[0])
-                out[os.path.basename(trial["relative_logdir"])] = trial["status"]
+                out[os.path.basename(trial["relative_logdir"])] = (trial["status"], trial["trial_id"])
             return out
         except (OSError, ValueError, KeyError, TypeError, IndexError):
             continue
@@ -98,7 +98,7 @@ def _read_result_lines(path: Path, notes: list[str]) -> list[dict]:
     return rows
 
 
-def _status(tune_status: str | None, last: dict, has_error_file: bool) -> str:
+def _status(tune_status: str | None, last: dict, has_error_file: bool, damaged: bool = False) -> str:
     if last.get("diverged") == 1.0:
         return "diverged"
     if tune_status == "ERROR" or has_error_file and tune_status != "TERMINATED":
@@ -106,8 +106,8 @@ def _status(tune_status: str | None, last: dict, has_error_file: bool) -> str:
     epoch, target = last.get("epoch"), last.get("target_epochs")
     if epoch is not None and target is not None and epoch >= target:
         return "finished"
-    if tune_status == "TERMINATED" and epoch is not None:
-        return "stopped_early"
+    if tune_status == "TERMINATED" and epoch is not None and not damaged:
+        return "stopped_early"  # ended short of its epochs without error: a scheduler stop
     return "incomplete"
 
 
@@ -122,18 +122,21 @@ def _load_experiment(name: str, path: Path, notes: list[str]) -> tuple[list[dict
             except (OSError, ValueError):
                 notes.append(f"{tdir}: params.json missing or corrupt; trial skipped")
                 continue
+            n_notes = len(notes)
             results = _read_result_lines(tdir / "result.json", notes) \
                 if (tdir / "result.json").exists() else []
-            trial_id = (results[-1].get("trial_id") if results else None) or tdir.name
+            damaged = len(notes) > n_notes
+            tune_status, known_id = statuses.get(tdir.name, (None, None))
+            trial_id = (results[-1].get("trial_id") if results else None) or known_id or tdir.name
             trial_stage = stage or config.get("stage", "search")
             meta = {"experiment": name, "stage": trial_stage, "trial_id": trial_id,
                     "arm": config.get("arm", config.get("activation"))}
             row = {**meta, **{k: config.get(k) for k in CONFIG_COLUMNS if k != "arm"}}
             last = results[-1] if results else {}
-            row["status"] = _status(statuses.get(tdir.name), last, (tdir / "error.txt").exists())
+            row["status"] = _status(tune_status, last, (tdir / "error.txt").exists(), damaged)
             row["time_total_s"] = last.get("time_total_s")
             if not results:
-                notes.append(f"{tdir}: no results yet (status {statuses.get(tdir.name, 'unknown')})")
+                notes.append(f"{tdir}: no results yet (Tune status {tune_status or 'unknown'})")
             trial_rows.append(row)
             for r in results:
                 epoch_rows.append({**meta, **{k: r.get(k) for k in EPOCH_COLUMNS}})

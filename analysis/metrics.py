@@ -23,7 +23,7 @@ def trial_metrics(epochs: pd.DataFrame) -> pd.DataFrame:
     """
     if epochs.empty:
         return pd.DataFrame(columns=[*KEYS, *TRIAL_METRICS])
-    df = epochs.sort_values([*KEYS, "epoch"], kind="stable")
+    df = epochs.sort_values([*KEYS, "epoch"], kind="stable").reset_index(drop=True)
     g = df.groupby(KEYS, sort=False)
     last = g.tail(1).set_index(KEYS)
     out = pd.DataFrame(index=last.index)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -110,7 +111,9 @@ def compare_arms(trials: pd.DataFrame, metric: str, stage: str = "confirm",
                 same = va[0] == vb[0]
                 row.update(p_value=1.0 if same else 0.0, ci_low=row["diff"], ci_high=row["diff"])
             else:
-                res = stats.ttest_ind(va, vb, equal_var=False)
+                with warnings.catch_warnings():  # near-identical samples: precision notice only
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    res = stats.ttest_ind(va, vb, equal_var=False)
                 ci = res.confidence_interval(confidence)
                 row.update(t=float(res.statistic), df=float(res.df), p_value=float(res.pvalue),
                            ci_low=float(ci.low), ci_high=float(ci.high), hedges_g=_hedges_g(va, vb))

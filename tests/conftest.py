@@ -76,3 +76,33 @@ def batches_dir(tmp_path) -> Path:
 @pytest.fixture
 def archive(tmp_path) -> Path:
     return make_archive(tmp_path)
+
+
+def fail_once_callback(marker_path: str, at_epoch: int):
+    """A Keras callback that raises at the start of ``at_epoch`` (0-based) the first time only,
+    across all trials (a marker file remembers): a simulated worker crash mid-training."""
+    import keras
+
+    class FailOnce(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == at_epoch and not os.path.exists(marker_path):
+                open(marker_path, "w").close()
+                raise RuntimeError("simulated worker crash")
+
+    return FailOnce()
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(ray_local, tmp_path_factory):
+    """One small stratified sweep (3 search trials per arm, 2 confirmation seeds per arm) on
+    synthetic data, with one trial crashing once mid-training. Returns (cfg, exp_dir, root)."""
+    from sweeps.config import CONFIG_DIR, load_config
+    from sweeps.runner import RunOptions, run_sweep
+
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={root}", "search.num_samples=3",
+                                                  "search.space.epochs.low=2", "search.space.epochs.high=2",
+                                                  "search.early_stopping.enabled=false"])
+    crash = fail_once_callback(str(root / "crashed-once"), at_epoch=1)
+    exp = run_sweep(cfg, RunOptions(callbacks=(crash,)))
+    return cfg, Path(exp), root

@@ -11,12 +11,9 @@ import time
 from pathlib import Path
 
 import optuna
-import pytest
 
 from analysis.load import load_results
-from sweeps.config import CONFIG_DIR, load_config
-from sweeps.runner import RunOptions, run_sweep
-from tests.trainable.test_train import _fail_once_callback
+from sweeps.config import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,18 +30,6 @@ def _epochs_by_trial(stage_dir: Path) -> dict[str, list[float]]:
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         out[result.parent.name] = [r["epoch"] for r in rows]
     return out
-
-
-@pytest.fixture(scope="module")
-def smoke_sweep(ray_local, tmp_path_factory):
-    """One small stratified sweep, with one trial crashing once mid-training."""
-    root = tmp_path_factory.mktemp("sweep")
-    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={root}", "search.num_samples=3",
-                                                  "search.space.epochs.low=2", "search.space.epochs.high=2",
-                                                  "search.early_stopping.enabled=false"])
-    crash = _fail_once_callback(str(root / "crashed-once"), at_epoch=1)
-    exp = run_sweep(cfg, RunOptions(callbacks=(crash,)))
-    return cfg, Path(exp), root
 
 
 def test_stratified_mode_gives_equal_trials_per_arm(smoke_sweep):

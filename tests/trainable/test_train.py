@@ -7,6 +7,7 @@ import math
 import pytest
 from ray import tune
 
+from tests.conftest import fail_once_callback
 from trainable.train import METRICS, train_cnn
 
 
@@ -38,26 +39,11 @@ def test_two_trials_report_every_metric_every_epoch(ray_local, tiny_dataset, tmp
         assert df["val_accuracy"].iloc[-1] > 0.4
 
 
-def _fail_once_callback(marker_path: str, at_epoch: int):
-    """A Keras callback that raises at the start of ``at_epoch`` (0-based) the first time only."""
-    import os
-
-    import keras
-
-    class FailOnce(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == at_epoch and not os.path.exists(marker_path):
-                open(marker_path, "w").close()
-                raise RuntimeError("simulated worker crash")
-
-    return FailOnce()
-
-
 def test_trial_killed_after_epoch_one_resumes_at_epoch_two_from_checkpoint(
         ray_local, tiny_dataset, tmp_path):
     marker = str(tmp_path / "crashed-once")
     results = _fit(tmp_path, tiny_dataset, {"activation": "relu", "epochs": 3, "seed": 2},
-                   callbacks=[_fail_once_callback(marker, at_epoch=1)], max_failures=1)
+                   callbacks=[fail_once_callback(marker, at_epoch=1)], max_failures=1)
     (result,) = results
     assert result.error is None
     epochs = result.metrics_dataframe["epoch"].tolist()
