@@ -80,12 +80,11 @@ def parse(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeps.runner import SweepFailed, SweepInterrupted, run_sweep
     from trainable.data import DataError
 
     try:
         cfg, options = parse(argv)
-        from sweeps.runner import SweepFailed, SweepInterrupted, run_sweep
-
         exp = run_sweep(cfg, options)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -96,6 +96,8 @@ def check_experiment_dir(cfg: SweepConfig, options: RunOptions) -> str:
         raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
     if options.confirm_only and options.skip_confirm:
         raise ConfigError("--confirm-only and --skip-confirm contradict each other; pass one of them")
+    if options.skip_confirm and not cfg.search.enabled:
+        raise ConfigError("--skip-confirm with search.enabled: false leaves nothing to run; drop the flag")
     if exists and not (options.resume or options.overwrite or options.confirm_only):
         raise ConfigError(f"{exp} already holds a sweep named '{cfg.name}'; pass --resume to continue "
                           f"it, --overwrite to replace it, or --name NEW_NAME")
@@ -351,10 +353,14 @@ def run_sweep(cfg: SweepConfig, options: RunOptions = RunOptions(), dataset=None
         best = best_configs(cfg, results)
         for arm, config in best.items():
             print(f"best {arm}: lr={config.get('lr'):.3g} epochs={config.get('epochs')}", flush=True)
+    failed = 0
     if cfg.confirm.enabled and not options.skip_confirm:
-        run_confirm(cfg, exp, trainable, best)
+        failed = run_confirm(cfg, exp, trainable, best).num_errors
     if options.report:
         write_report(exp)
+    if failed:
+        raise SweepFailed(f"{failed} confirmation trial(s) failed after {cfg.max_failures} retries; the "
+                          f"report leaves them out (error.txt in {exp}/confirm/*/)")
     return exp
 
 

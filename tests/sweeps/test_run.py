@@ -75,3 +75,9 @@ def test_help_documents_every_flag():
     for flag in ("--config", "--name", "--storage-path", "--data-dir", "--address", "--resume",
                  "--overwrite", "--set", "--skip-confirm", "--confirm-only", "--optuna-storage"):
         assert flag in proc.stdout
+
+
+def test_skip_confirm_without_a_search_is_refused(tmp_path):
+    proc = run_cli("--config", ROOT / "sweeps" / "configs" / "blog.yaml", "--skip-confirm",
+                   "--storage-path", tmp_path / "results")
+    assert_one_line_error(proc, "nothing to run")
