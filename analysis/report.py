@@ -48,6 +48,11 @@ def build_report(results: Results, studies: dict | None = None) -> Report:
     if stage == "search":
         notes.append("No confirmation-stage trials: the verdict below compares search trials, which "
                       "differ in hyperparameters as well as seeds; treat it as exploratory.")
+    on_test = sorted(trials.loc[trials["validate_on"] == "test", "experiment"].unique()) \
+        if "validate_on" in trials else []
+    for name in on_test:
+        notes.append(f"`{name}` measured its validation metrics on the test set (validate_on: test), "
+                     f"as the original experiment did; nothing was selected on them (no search).")
     comparisons = pd.concat([compare_arms(trials, m, stage) for m in (metric, "final_gap", "val_loss_rise")],
                             ignore_index=True)
     return Report(verdict=verdict(trials, stage), confirm_summary=arm_summary(trials, stage),

@@ -130,8 +130,9 @@ def significant(row, alpha: float = ALPHA) -> bool:
 
 
 def _n_text(row) -> str:
-    return f"n={row['n_a']} seeds each" if row["n_a"] == row["n_b"] else \
-        f"n={row['n_a']} and {row['n_b']} seeds"
+    if row["n_a"] == row["n_b"]:
+        return f"n={row['n_a']} seed{'s' if row['n_a'] != 1 else ''} each"
+    return f"n={row['n_a']} and {row['n_b']} seeds"
 
 
 def _p_text(row, pairs: int) -> str:
