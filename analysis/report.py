@@ -111,7 +111,7 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         parts += [f"![{name}](figures/{Path(path).name})" for name, path in figures.items()]
         parts.append("")
     if report.notes:
-        parts += ["## What was skipped or missing", "", *[f"- {n}" for n in report.notes], ""]
+        parts += ["## Notes: what was skipped, missing or special", "", *[f"- {n}" for n in report.notes], ""]
     return "\n".join(parts)
 
 
