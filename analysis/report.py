@@ -118,8 +118,11 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
 def render_html(markdown: str, figures: dict[str, str]) -> str:
     """A self-contained HTML page: the markdown's text and tables, images embedded as data URIs."""
     body = []
-    in_table = False
+    in_table = in_list = False
     for line in markdown.splitlines():
+        if in_list and not line.startswith("- "):
+            body.append("</ul>")
+            in_list = False
         if line.startswith("|"):
             cells = [c.strip() for c in line.strip("|").split("|")]
             if set("".join(cells)) <= {"-"}:
@@ -142,11 +145,13 @@ def render_html(markdown: str, figures: dict[str, str]) -> str:
             level = len(line) - len(line.lstrip("#"))
             body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
         elif line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
             body.append(f"<li>{html.escape(line[2:])}</li>")
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
+    body.append("</table>" if in_table else "</ul>" if in_list else "")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
              "table{border-collapse:collapse;font-size:12px;margin:1em 0}"
              "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}")
