@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="Configs: sweeps/configs/{default,smoke,blog,selu-paper}.yaml. Results: "
                        "<storage-path>/<name>/ holding config.yaml, optuna.db, search/, confirm/, report/.")
     p.add_argument("--config", metavar="FILE", help=f"sweep config YAML (default: {DEFAULT_CONFIG.name}; "
-                   "on --resume, the sweep's saved config.yaml)")
+                   "with --resume or --confirm-only, the sweep's saved config.yaml)")
     p.add_argument("--name", help="experiment name (directory under --storage-path); overrides `name`")
     p.add_argument("--storage-path", metavar="PATH", help="where experiments live: a local dir or "
                    "s3://, gs:// (default: results)")
@@ -65,8 +65,8 @@ def parse(argv: list[str] | None = None):
         value = getattr(args, flag)
         if value is not None:
             overrides.insert(0, f"{key}={value}")
-    if args.resume and args.config is None:
-        # Resume what was started: the saved, resolved config (plus any --set/--address changes).
+    if (args.resume or args.confirm_only) and args.config is None:
+        # Continue what was started: the saved, resolved config (plus any --set/--address changes).
         probe = parse_config(read_yaml(DEFAULT_CONFIG), [o for o in overrides if o.split("=")[0]
                                                          in ("name", "storage_path")])
         saved = Path(experiment_dir(probe)) / "config.yaml"

@@ -81,3 +81,25 @@ def test_skip_confirm_without_a_search_is_refused(tmp_path):
     proc = run_cli("--config", ROOT / "sweeps" / "configs" / "blog.yaml", "--skip-confirm",
                    "--storage-path", tmp_path / "results")
     assert_one_line_error(proc, "nothing to run")
+
+
+def test_joint_search_then_confirm_only_continues_the_same_sweep(tmp_path):
+    common = ["--config", SMOKE, "--storage-path", tmp_path, "--name", "joint",
+              "--set", "search.mode=joint", "--set", "search.num_samples=3",
+              "--set", "search.space.epochs.high=1", "--set", "confirm.seeds=1"]
+    first = run_cli(*common, "--skip-confirm", "--no-report", timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    exp = tmp_path / "joint"
+    assert (exp / "search").is_dir() and not (exp / "confirm").exists()
+    # Seeded TPE (search.seed 0) samples both arms within its 3 random start-up trials.
+    second = run_cli("--name", "joint", "--storage-path", tmp_path, "--confirm-only", timeout=300)
+    assert second.returncode == 0, second.stderr[-2000:]
+    from analysis.load import load_results
+
+    trials = load_results([exp]).trials
+    assert (trials["stage"] == "search").sum() == 3
+    assert trials[trials["stage"] == "confirm"].groupby("arm").size().to_dict() == {"relu": 1, "selu": 1}
+    import optuna
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{exp}/optuna.db")
+    assert [s.study_name for s in optuna.study.get_all_study_summaries(storage)] == ["joint-joint"]
