@@ -89,11 +89,12 @@ def test_holm_matches_hand_computation():
 
 
 def test_search_summary_counts_statuses_and_sensitivity():
-    t = _trials({"relu": [0.5, 0.6, 0.7, 0.65], "selu": [0.4, 0.5, 0.45, 0.3]}, stage="search")
+    t = _trials({"relu": [0.5, 0.6, 0.7, 0.65, 0.55], "selu": [0.4, 0.5, 0.45, 0.3, 0.35]}, stage="search")
     t.loc[t["trial_id"] == "selu3", "status"] = "stopped_early"
     s = search_summary(t).set_index("arm")
-    assert s.loc["relu", "trials"] == 4 and s.loc["selu", "stopped_early"] == 1
+    assert s.loc["relu", "trials"] == 5 and s.loc["selu", "stopped_early"] == 1
     assert s.loc["relu", "best_val_accuracy"] == 0.7
     assert s.loc["relu", "top3_mean_val_accuracy"] == pytest.approx((0.7 + 0.65 + 0.6) / 3)
-    assert s.loc["relu", "spearman_epochs"] == pytest.approx(stats.spearmanr([5, 6, 7, 8],
-                                                                             [0.5, 0.6, 0.7, 0.65])[0])
+    assert s.loc["relu", "spearman_epochs"] == pytest.approx(stats.spearmanr([5, 6, 7, 8, 9],
+                                                                             [0.5, 0.6, 0.7, 0.65, 0.55])[0])
+    assert np.isnan(s.loc["selu", "spearman_lr"]), "4 finished trials are too few for a rank test"
