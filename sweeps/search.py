@@ -55,14 +55,12 @@ class ArmOptunaSearch(OptunaSearch):
         self._arm_settings = arm_settings
         self._fixed_arm = fixed_arm
         self._seed_base = seed_base
-        self._n_suggested = 0
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
         if params is None:
             return None
         arm = params.pop("arm", self._fixed_arm)
-        self._n_suggested += 1
         return {**params, **self._arm_settings[arm],
                 "seed": self._seed_base + self._ot_trials[trial_id].number, "stage": "search"}
 
