@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None = None):
     """Parse the command line and the config; returns (SweepConfig, RunOptions). No side effects."""
-    from sweeps.runner import RunOptions, experiment_dir
+    from sweeps.runner import RunOptions, read_saved_config
 
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides)
@@ -65,14 +65,14 @@ def parse(argv: list[str] | None = None):
         value = getattr(args, flag)
         if value is not None:
             overrides.insert(0, f"{key}={value}")
+    default = read_yaml(DEFAULT_CONFIG)
     if (args.resume or args.confirm_only) and args.config is None:
         # Continue what was started: the saved, resolved config (plus any --set/--address changes).
-        probe = parse_config(read_yaml(DEFAULT_CONFIG), [o for o in overrides if o.split("=")[0]
-                                                         in ("name", "storage_path")])
-        saved = Path(experiment_dir(probe)) / "config.yaml"
-        raw = read_yaml(saved) if saved.exists() else read_yaml(DEFAULT_CONFIG)
+        saved = read_saved_config(args.storage_path or default.get("storage_path", "results"),
+                                  args.name or default["name"])
+        raw = saved if saved is not None else default  # none saved: check_experiment_dir says so
     else:
-        raw = read_yaml(args.config or DEFAULT_CONFIG)
+        raw = read_yaml(args.config) if args.config else default
     cfg = parse_config(raw, overrides)
     options = RunOptions(resume=args.resume, overwrite=args.overwrite, skip_confirm=args.skip_confirm,
                          confirm_only=args.confirm_only, report=not args.no_report)

@@ -53,8 +53,28 @@ def is_remote(path: str) -> bool:
 
 
 def experiment_dir(cfg: SweepConfig) -> str:
-    return f"{cfg.storage_path.rstrip('/')}/{cfg.name}" if is_remote(cfg.storage_path) \
-        else str(Path(cfg.storage_path).expanduser().resolve() / cfg.name)
+    return _join(cfg.storage_path, cfg.name)
+
+
+def _join(storage_path: str, name: str) -> str:
+    return f"{storage_path.rstrip('/')}/{name}" if is_remote(storage_path) \
+        else str(Path(storage_path).expanduser().resolve() / name)
+
+
+def read_saved_config(storage_path: str, name: str) -> dict | None:
+    """The resolved config a sweep saved when it started (local or remote), or None."""
+    path = f"{_join(storage_path, name)}/config.yaml"
+    if not _exists(path):
+        return None
+    fs, p = _fs(path)
+    try:
+        with fs.open_input_stream(p) as fh:
+            raw = yaml.safe_load(fh.read().decode())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raw = None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: not a sweep config; pass --config FILE explicitly")
+    return raw
 
 
 def _fs(path: str):

@@ -103,3 +103,12 @@ def test_joint_search_then_confirm_only_continues_the_same_sweep(tmp_path):
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp}/optuna.db")
     assert [s.study_name for s in optuna.study.get_all_study_summaries(storage)] == ["joint-joint"]
+
+
+def test_resume_with_a_corrupt_saved_config_is_refused(tmp_path):
+    exp = tmp_path / "results" / "broken"
+    exp.mkdir(parents=True)
+    (exp / "config.yaml").write_text("name: [unclosed\n")
+    proc = run_cli("--name", "broken", "--storage-path", tmp_path / "results", "--resume")
+    assert_one_line_error(proc, "not a sweep config")
+    assert (exp / "config.yaml").read_text() == "name: [unclosed\n"
