@@ -7,7 +7,7 @@ import time
 
 from ray import tune
 
-_COLUMNS = ("trial", "arm", "lr", "epochs", "epoch", "val_acc", "gap", "status")
+_COLUMNS = ("trial", "arm", "activation", "lr", "epochs", "epoch", "val_acc", "gap", "status")
 
 
 class ProgressTable(tune.Callback):
@@ -22,7 +22,7 @@ class ProgressTable(tune.Callback):
     def _row(self, trial, status: str | None = None) -> dict:
         c, r = trial.config, trial.last_result or {}
         row = self._rows.setdefault(trial.trial_id, {})
-        row.update(trial=trial.trial_id, arm=c.get("arm", c.get("activation", "?")),
+        row.update(trial=trial.trial_id, arm=c.get("arm", "-"), activation=c.get("activation", "relu"),
                    lr=f"{c.get('lr', float('nan')):.2e}", epochs=str(c.get("epochs", "?")),
                    epoch=f"{r.get('epoch', 0):.0f}", val_acc=f"{r.get('val_accuracy', float('nan')):.4f}",
                    gap=f"{r.get('generalization_gap', float('nan')):+.3f}", status=status or trial.status)
