@@ -170,17 +170,33 @@ def verdict(trials: pd.DataFrame, stage: str = "confirm", alpha: float = ALPHA) 
         else:
             sentence = (f"No significant difference in {label} between {a} and {b} at {_n_text(row)} "
                         f"({a} - {b} = {100 * row['diff']:+.1f} points, {ci}, {_p_text(row, len(comp))}).")
+        gap_ci = (f"{a} - {b} = {gap['diff']:+.3f}, 95% CI {gap['ci_low']:+.3f} to {gap['ci_high']:+.3f}, "
+                  f"{_p_text(gap, len(gaps))}, {_n_text(gap)}")
         if significant(gap, alpha):
             first = gap["diff"] > 0
             more, less = (a, b) if first else (b, a)
             g_more, g_less = (gap["mean_a"], gap["mean_b"]) if first else (gap["mean_b"], gap["mean_a"])
-            sentence += (f" {more} overfits more: train-val gap {g_more:.3f} vs {g_less:.3f} "
-                         f"({_p_text(gap, len(gaps))}).")
+            sentence += f" {more} overfits more: train-val gap {g_more:.3f} vs {g_less:.3f} ({gap_ci})."
         elif np.isfinite(gap["p_value"]):
             sentence += (f" Overfitting (train-val gap) is not significantly different: "
-                         f"{gap['mean_a']:.3f} vs {gap['mean_b']:.3f} ({_p_text(gap, len(gaps))}).")
+                         f"{gap['mean_a']:.3f} vs {gap['mean_b']:.3f} ({gap_ci}).")
         out.append(sentence)
+    configs = _config_text(t)
+    if configs:
+        out.append(f"Each arm is compared at its own configuration ({configs}); differences in "
+                   f"overfitting partly reflect the training length each arm's search chose.")
     return out
+
+
+def _config_text(t: pd.DataFrame) -> str:
+    """'relu: lr 2.69e-03, 30 epochs; selu: ...' when the arms' configs differ, else ''."""
+    if not {"lr", "epochs"} <= set(t.columns):
+        return ""
+    per_arm = t.groupby("arm")[["lr", "epochs"]].first()
+    if len(per_arm.drop_duplicates()) <= 1:
+        return ""
+    return "; ".join(f"{arm}: lr {row['lr']:.3g}, {int(row['epochs'])} epochs"
+                     for arm, row in per_arm.iterrows())
 
 
 def search_summary(trials: pd.DataFrame, top_k: int = 3) -> pd.DataFrame:

@@ -98,3 +98,12 @@ def test_search_summary_counts_statuses_and_sensitivity():
     assert s.loc["relu", "spearman_epochs"] == pytest.approx(stats.spearmanr([5, 6, 7, 8, 9],
                                                                              [0.5, 0.6, 0.7, 0.65, 0.55])[0])
     assert np.isnan(s.loc["selu", "spearman_lr"]), "4 finished trials are too few for a rank test"
+
+
+def test_verdict_names_each_arms_config_when_they_differ():
+    t = _trials({"relu": A, "selu": B})
+    assert len(verdict(t)) == 1, "same configs: nothing to add"
+    t.loc[t["arm"] == "selu", "epochs"] = 13
+    t.loc[t["arm"] == "relu", "epochs"] = 30
+    line = verdict(t)[-1]
+    assert "relu: lr 0.01, 30 epochs; selu: lr 0.01, 13 epochs" in line
