@@ -78,13 +78,15 @@ def _statuses(stage_dir: Path) -> dict[str, tuple[str, str]]:
     return {}
 
 
-def _read_result_lines(path: Path, notes: list[str]) -> list[dict]:
-    rows = []
+def _read_result_lines(path: Path, notes: list[str]) -> tuple[list[dict], bool]:
+    """Parsed result lines, and whether any line was unreadable (a damaged file)."""
+    rows: list[dict] = []
+    damaged = False
     try:
         lines = path.read_text().splitlines()
     except OSError as exc:
         notes.append(f"{path}: unreadable ({exc.__class__.__name__}); trial skipped")
-        return rows
+        return rows, True
     for i, line in enumerate(lines):
         if not line.strip():
             continue
@@ -92,10 +94,11 @@ def _read_result_lines(path: Path, notes: list[str]) -> list[dict]:
             row = json.loads(line)
         except ValueError:
             notes.append(f"{path}: line {i + 1} is not valid JSON (partial write?); skipped")
+            damaged = True
             continue
         if isinstance(row, dict):
             rows.append(row)
-    return rows
+    return rows, damaged
 
 
 def _status(tune_status: str | None, last: dict, has_error_file: bool, damaged: bool = False) -> str:
@@ -122,10 +125,8 @@ def _load_experiment(name: str, path: Path, notes: list[str]) -> tuple[list[dict
             except (OSError, ValueError):
                 notes.append(f"{tdir}: params.json missing or corrupt; trial skipped")
                 continue
-            n_notes = len(notes)
-            results = _read_result_lines(tdir / "result.json", notes) \
-                if (tdir / "result.json").exists() else []
-            damaged = len(notes) > n_notes
+            results, damaged = _read_result_lines(tdir / "result.json", notes) \
+                if (tdir / "result.json").exists() else ([], False)
             tune_status, known_id = statuses.get(tdir.name, (None, None))
             trial_id = (results[-1].get("trial_id") if results else None) or known_id or tdir.name
             trial_stage = stage or config.get("stage", "search")

@@ -7,6 +7,8 @@ import time
 
 from ray import tune
 
+from sweeps.search import stopped_early
+
 _COLUMNS = ("trial", "arm", "activation", "lr", "epochs", "epoch", "val_acc", "gap", "status")
 
 
@@ -28,7 +30,7 @@ class ProgressTable(tune.Callback):
                    gap=f"{r.get('generalization_gap', float('nan')):+.3f}", status=status or trial.status)
         if r.get("diverged") == 1.0:
             row["status"] = "DIVERGED"
-        elif status == "TERMINATED" and r.get("epoch", 0) < r.get("target_epochs", 0):
+        elif status == "TERMINATED" and stopped_early(r):
             row["status"] = "STOPPED_EARLY"
         return row
 

@@ -398,14 +398,15 @@ def write_report(exp: str) -> str | None:
     """Write the analysis report into ``<exp>/report`` (a local dir when ``exp`` is remote)."""
     from analysis.report import write_report as _write
 
-    out = exp + "/report" if not is_remote(exp) else str(Path("results") / Path(exp).name / "report")
-    if is_remote(exp):
+    out = exp + "/report"
+    if is_remote(exp):  # analysis reads local files: copy the experiment down first
+        import pyarrow.fs
+
+        out = str(Path("results") / Path(exp).name / "report")
         local = Path(out).parent / "experiment"
         if local.exists():
             shutil.rmtree(local)
         fs, p = _fs(exp)
-        import pyarrow.fs
-
         pyarrow.fs.copy_files(p, str(local), source_filesystem=fs)
         exp = str(local)
     paths = _write([exp], out)
