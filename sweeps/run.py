@@ -4,6 +4,7 @@
     python sweeps/run.py                                   # configs/default.yaml
     python sweeps/run.py --config sweeps/configs/smoke.yaml --name demo
     python sweeps/run.py --name default --resume           # continue after any interruption
+    python -m sweeps --config sweeps/configs/smoke.yaml    # the same, as a module
     python sweeps/run.py --set search.num_samples=16 --set resources.gpus_per_trial=0.25
 
 Exit codes: 0 done, 2 bad input (nothing started or written), 1 failure while running.
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script from a checkout: make the packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.config import DEFAULT_CONFIG, ConfigError, parse_config, read_yaml  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
+from sweeps.config import DEFAULT_CONFIG, ConfigError, check_name, parse_config, read_yaml  # noqa: E402
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="sweeps/run.py", description=__doc__.split("\n\n")[0],
+    prog = "selu-sweep" if os.path.basename(sys.argv[0]) == "selu-sweep" else "sweeps/run.py"
+    p = _Parser(prog=prog, description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Configs: sweeps/configs/{default,smoke,blog,selu-paper}.yaml. Results: "
                        "<storage-path>/<name>/ holding config.yaml, optuna.db, search/, confirm/, report/.")
@@ -55,36 +60,52 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None = None):
-    """Parse the command line and the config; returns (SweepConfig, RunOptions). No side effects."""
-    from sweeps.runner import RunOptions, read_saved_config
+    """Parse the command line and the config; returns (SweepConfig, RunOptions). No side effects.
 
+    Every override is applied here, once: ``--set`` values are YAML-typed, flags are taken
+    literally. ``name`` and ``storage_path`` are resolved first (flags, then ``--set``, then the
+    config file), because ``--resume`` and ``--confirm-only`` continue from the saved config.
+    """
+    from sweeps.config import parse_assignment, parse_yaml_text
+    from sweeps.prepare import RunOptions
+    from sweeps.storage import Experiment, has_redacted_password
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    overrides = list(args.overrides)
-    for flag, key in (("name", "name"), ("storage_path", "storage_path"), ("data_dir", "data.data_dir"),
-                      ("address", "address"), ("optuna_storage", "search.optuna_storage")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.insert(0, f"{key}={value}")
-    default = read_yaml(DEFAULT_CONFIG)
+    flags = {key: getattr(args, attr) for attr, key in (
+        ("name", "name"), ("storage_path", "storage_path"), ("data_dir", "data.data_dir"),
+        ("address", "address"), ("optuna_storage", "search.optuna_storage"))
+        if getattr(args, attr) is not None}
+    sets = dict(parse_assignment(a) for a in args.overrides)
+    raw = read_yaml(args.config) if args.config else read_yaml(DEFAULT_CONFIG)
     if (args.resume or args.confirm_only) and args.config is None:
-        # Continue what was started: the saved, resolved config (plus any --set/--address changes).
-        saved = read_saved_config(args.storage_path or default.get("storage_path", "results"),
-                                  args.name or default["name"])
-        raw = saved if saved is not None else default  # none saved: check_experiment_dir says so
-    else:
-        raw = read_yaml(args.config) if args.config else default
-    cfg = parse_config(raw, overrides)
+        # Continue what was started: the saved, resolved config (plus any --set/flag changes).
+        name = str(flags.get("name", sets.get("name", raw.get("name", ""))))
+        storage = str(flags.get("storage_path", sets.get("storage_path", raw.get("storage_path", "results"))))
+        check_name("name", name)
+        text = Experiment(storage, name).read_text("config.yaml")
+        if text is not None:
+            raw = parse_yaml_text(text, f"{storage}/{name}/config.yaml (saved config)")
+    cfg = parse_config(raw, args.overrides, flags)
+    if has_redacted_password(cfg.search.optuna_storage):
+        raise ConfigError("search.optuna_storage: the saved config hides the database password; pass "
+                          "--optuna-storage URL again")
     options = RunOptions(resume=args.resume, overwrite=args.overwrite, skip_confirm=args.skip_confirm,
-                         confirm_only=args.confirm_only, report=not args.no_report)
+                         confirm_only=args.confirm_only, report=not args.no_report,
+                         command=shlex.join(["sweeps/run.py", *argv]))
     return cfg, options
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweeps.runner import SweepFailed, SweepInterrupted, run_sweep
+    from sweeps.prepare import SweepFailed, SweepInterrupted, validate
+    from sweeps.storage import Experiment, redact
     from trainable.data import DataError
 
     try:
         cfg, options = parse(argv)
+        validate(cfg, options, Experiment(cfg.storage_path, cfg.name))  # fast: before Ray is imported
+        from sweeps.runner import run_sweep
+
         exp = run_sweep(cfg, options)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -98,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     except SweepFailed as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
-    print(f"done: {exp}")
+    except OSError as exc:  # e.g. a full disk: what finished is kept, and a write was atomic
+        where = f" ({redact(exc.filename)})" if getattr(exc, "filename", None) else ""
+        print(f"failed: {exc.strerror or exc}{where}; free the space or fix the path, then --resume",
+              file=sys.stderr)
+        return 1
+    print(f"done: {redact(exp)}")
     return 0
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

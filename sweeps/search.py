@@ -3,11 +3,16 @@
 * :class:`ArmOptunaSearch`: Ray Tune's ``OptunaSearch`` that expands an arm name into the
   arm's settings, records scheduler-stopped trials as PRUNED (not as COMPLETE with a
   truncated score) and, on restore, fails study trials the Tune experiment never saw.
-* :class:`StratifiedSearch`: one ``ArmOptunaSearch`` (its own Optuna study) per arm, asked in
-  turn, so every arm gets exactly ``per_arm`` trials and the arms run concurrently.
-* :class:`PerArmScheduler`: one ASHA instance per arm, so early stopping compares a trial
-  only with trials of its own arm (a weak arm's trials are never cut because the other arm
-  is better).
+* :class:`StratifiedSearch`: one ``ArmOptunaSearch`` (its own Optuna study) per cell, a cell
+  being an arm and a replicate of its tuning, asked in turn, so every cell gets exactly
+  ``per_cell`` trials and the cells run concurrently.
+* :class:`PerArmScheduler`: one ASHA instance per cell, so early stopping compares a trial
+  only with trials of its own arm and replicate (a weak arm's trials are never cut because
+  the other arm is better, and replicates stay independent).
+
+Replicate ``r`` of every arm uses the same TPE sampler seed (``sweeps.seeds``): the arms are
+paired. The private attributes of Ray's ``OptunaSearch`` this module relies on are listed in
+``OPTUNA_SEARCH_PRIVATE`` (a test pins them).
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialSch
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeps import seeds
 from sweeps.config import ParamSpec, SweepConfig
+from sweeps.seeds import cell_of, study_name
 
 logger = logging.getLogger(__name__)
+
+# Ray's OptunaSearch keeps its state in these private attributes; ArmOptunaSearch reads them.
+OPTUNA_SEARCH_PRIVATE = ("_ot_trials", "_ot_study", "_completed_trials", "_metric", "_points_to_evaluate",
+                         "_storage", "_study_name", "_setup_study")
 
 
 def optuna_distributions(space: tuple[ParamSpec, ...]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -47,32 +58,52 @@ def stopped_early(result: dict | None) -> bool:
 
 
 class ArmOptunaSearch(OptunaSearch):
-    """OptunaSearch that knows the sweep's arms; see the module docstring."""
+    """OptunaSearch for one cell (arm and replicate) of the sweep; see the module docstring."""
 
     def __init__(self, space, *, arm_settings: dict[str, dict[str, Any]], fixed_arm: str | None,
-                 seed_base: int, **kwargs):
+                 replicate: int, search_seed: int, extra: dict[str, Any] | None = None, **kwargs):
         super().__init__(space=space, **kwargs)
         self._arm_settings = arm_settings
         self._fixed_arm = fixed_arm
-        self._seed_base = seed_base
+        self._replicate = replicate
+        self._search_seed = search_seed
+        self._extra = dict(extra or {})
+
+    def _setup_study(self, mode):
+        # A study that already has trials (a resumed sweep) got its reference point when it began.
+        points = self._points_to_evaluate
+        if points and self._storage is not None:
+            try:
+                if optuna.load_study(study_name=self._study_name, storage=self._storage).trials:
+                    self._points_to_evaluate = []
+            except KeyError:  # no such study yet
+                pass
+        try:
+            super()._setup_study(mode)
+        finally:
+            self._points_to_evaluate = points
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
         if params is None:
             return None
         arm = params.pop("arm", self._fixed_arm)
-        return {**params, **self._arm_settings[arm],
-                "seed": self._seed_base + self._ot_trials[trial_id].number, "stage": "search"}
+        number = self._ot_trials[trial_id].number
+        return {**params, **self._arm_settings[arm], **self._extra, "replicate": self._replicate,
+                "seed": seeds.search_trial_seed(self._search_seed, self._replicate, number),
+                "stage": "search"}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         if not error and stopped_early(result):
+            # Tune never passes the result on which the scheduler said STOP to on_trial_result:
+            # report it here, so the PRUNED trial carries the value of the epoch it stopped at.
             ot_trial = self._ot_trials[trial_id]
-            try:  # PRUNED keeps the last intermediate value; TPE treats it as a partial result
-                self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            except Exception as exc:  # pragma: no cover - optuna refuses a double tell
-                logger.warning(exc)
+            value = result.get(self._metric)
+            if value is not None:
+                ot_trial.report(float(value), step=int(result.get("training_iteration", result["epoch"])))
+            self._ot_study.tell(ot_trial.number, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
@@ -85,12 +116,11 @@ class ArmOptunaSearch(OptunaSearch):
         """Mark study trials left RUNNING that this searcher does not track (asked after the last
         experiment checkpoint, before a crash) as FAIL, so the study matches the experiment."""
         known = {t.number for t in self._ot_trials.values()}
-        storage = self._ot_study._storage
         orphans = [t for t in self._ot_study.get_trials(deepcopy=False,
                                                         states=(optuna.trial.TrialState.RUNNING,))
                    if t.number not in known]
         for t in orphans:
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
         return len(orphans)
 
     @property
@@ -99,7 +129,7 @@ class ArmOptunaSearch(OptunaSearch):
 
 
 class StratifiedSearch(Searcher):
-    """Round-robin over per-arm searchers: equal trials per arm, each arm its own study."""
+    """Round-robin over per-cell searchers: equal trials per cell, each cell its own study."""
 
     def __init__(self, searchers: dict[str, ArmOptunaSearch], per_arm: int, metric: str, mode: str):
         super().__init__(metric=metric, mode=mode)
@@ -148,19 +178,19 @@ class StratifiedSearch(Searcher):
 
 
 class PerArmScheduler(FIFOScheduler):
-    """Routes each trial to its own arm's ASHA instance (keyed by ``config["arm"]``)."""
+    """Routes each trial to its own cell's ASHA instance (keyed by :func:`cell_of` its config)."""
 
     def __init__(self, arms: list[str], metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: int):
+                 reduction_factor: int, joint: bool = False):
         super().__init__()
-        self._metric, self._mode = metric, mode
+        self._metric, self._mode, self._joint = metric, mode, joint
         self._by_arm = {arm: AsyncHyperBandScheduler(time_attr="training_iteration", metric=metric,
                                                       mode=mode, max_t=max_t, grace_period=grace_period,
                                                       reduction_factor=reduction_factor)
                         for arm in arms}
 
     def _for(self, trial) -> TrialScheduler:
-        return self._by_arm.get(trial.config.get("arm"), self._fallback)
+        return self._by_arm.get(cell_of(trial.config, self._joint), self._fallback)
 
     @property
     def _fallback(self) -> TrialScheduler:
@@ -188,45 +218,68 @@ class PerArmScheduler(FIFOScheduler):
         return "; ".join(f"{arm}: {s.debug_string()}" for arm, s in self._by_arm.items())
 
 
-def _seed_base(cfg: SweepConfig) -> int:
-    """Search trial k of an arm trains with weight seed ``search.seed * 1000 + k``: arms are
-    paired seed by seed, and the confirmation stage's seeds (``confirm.seed_offset`` + i) differ."""
-    return cfg.search.seed * 1000
+def reference_points(cfg: SweepConfig, arm: str | None) -> list[dict[str, Any]]:
+    """The original experiment's config (lr 1e-3, 50 epochs), clipped into the search space."""
+    if not cfg.search.reference_point:
+        return []
+    original = {"lr": 1e-3, "epochs": 50, "batch_size": 100, "dropout": 0.0}
+    point: dict[str, Any] = {}
+    for p in cfg.search.space:
+        v = original[p.name]
+        if p.choices is not None:
+            v = min(p.choices, key=lambda c: abs(c - v))
+        else:
+            v = min(max(v, p.low), p.high)
+        point[p.name] = int(v) if p.is_int else float(v)
+    return [{"arm": arm, **point}] if arm else [point]
 
 
-def make_searcher(cfg: SweepConfig, storage: optuna.storages.BaseStorage | None, mode: str = "max"):
-    """The search algorithm for ``cfg.search.mode``: StratifiedSearch or one joint ArmOptunaSearch."""
-    metric = cfg.search.metric
+def make_searcher(cfg: SweepConfig, storage: optuna.storages.BaseStorage | None, experiment_id: str = "x",
+                  mode: str = "max"):
+    """One ArmOptunaSearch per cell (arm x replicate, or replicate in joint mode) under a
+    StratifiedSearch that gives every cell ``search.num_samples`` trials."""
+    s = cfg.search
     settings = {arm.name: arm.settings(cfg.train) for arm in cfg.arms}
-    distributions = optuna_distributions(cfg.search.space)
-    common = dict(metric=metric, mode=mode, storage=storage, arm_settings=settings)
-    if cfg.search.mode == "joint":
-        space = {"arm": optuna.distributions.CategoricalDistribution([a.name for a in cfg.arms]),
-                 **distributions}
-        return ArmOptunaSearch(space, fixed_arm=None, study_name=f"{cfg.name}-joint",
-                               sampler=optuna.samplers.TPESampler(seed=cfg.search.seed),
-                               seed_base=_seed_base(cfg), **common)
-    searchers = {
-        arm.name: ArmOptunaSearch(dict(distributions), fixed_arm=arm.name,
-                                  study_name=f"{cfg.name}-{arm.name}",
-                                  sampler=optuna.samplers.TPESampler(seed=cfg.search.seed + i),
-                                  seed_base=_seed_base(cfg), **common)
-        for i, arm in enumerate(cfg.arms)
-    }
-    return StratifiedSearch(searchers, per_arm=cfg.search.num_samples, metric=metric, mode=mode)
+    distributions = optuna_distributions(s.space)
+    common = dict(metric=s.metric, mode=mode, storage=storage, arm_settings=settings, search_seed=s.seed)
+    searchers = {}
+    for r in range(s.replicates):
+        extra = {"split_seed": seeds.split_seed(cfg.data.split_seed, r, cfg.data.vary_split)} \
+            if cfg.data.vary_split else {}
+
+        def sampler(r=r):
+            return optuna.samplers.TPESampler(seed=seeds.sampler_seed(s.seed, r),
+                                              n_startup_trials=s.startup_trials)
+        if s.mode == "joint":
+            space = {"arm": optuna.distributions.CategoricalDistribution([a.name for a in cfg.arms]),
+                     **distributions}
+            points = [p for a in cfg.arms for p in reference_points(cfg, a.name)]
+            cells = {f"r{r}": (space, None, points)}
+        else:
+            cells = {f"{a.name}/r{r}": (dict(distributions), a.name, reference_points(cfg, None))
+                     for a in cfg.arms}
+        for cell, (space, fixed_arm, points) in cells.items():
+            searchers[cell] = ArmOptunaSearch(
+                space, fixed_arm=fixed_arm, replicate=r, extra=extra,
+                study_name=study_name(cfg, experiment_id, cell), sampler=sampler(),
+                points_to_evaluate=points or None, **common)
+    return StratifiedSearch(searchers, per_arm=s.num_samples, metric=s.metric, mode=mode)
 
 
 def total_search_trials(cfg: SweepConfig) -> int:
-    return cfg.search.num_samples * (len(cfg.arms) if cfg.search.mode == "stratified" else 1)
+    cells = len(cfg.arms) if cfg.search.mode == "stratified" else 1
+    return cfg.search.num_samples * cells * cfg.search.replicates
 
 
 def make_scheduler(cfg: SweepConfig):
-    """ASHA per arm (stratified) or one ASHA (joint); FIFO when early stopping is off."""
+    """ASHA per cell (arm x replicate, or replicate when joint); FIFO when early stopping is off."""
     es = cfg.search.early_stopping
     if not es.enabled:
         return FIFOScheduler()
     max_t = max([int(p.high if p.choices is None else max(p.choices))
                  for p in cfg.search.space if p.name == "epochs"] or [cfg.train.epochs])
-    arms = [a.name for a in cfg.arms] if cfg.search.mode == "stratified" else ["__all__"]
-    return PerArmScheduler(arms, metric=cfg.search.metric, mode="max", max_t=max_t,
-                           grace_period=es.grace_period, reduction_factor=es.reduction_factor)
+    joint = cfg.search.mode == "joint"
+    cells = [cell_of({"arm": a.name, "replicate": r}, joint) for r in range(cfg.search.replicates)
+             for a in (cfg.arms[:1] if joint else cfg.arms)]
+    return PerArmScheduler(cells, metric=cfg.search.metric, mode="max", max_t=max_t,
+                           grace_period=es.grace_period, reduction_factor=es.reduction_factor, joint=joint)

@@ -94,15 +94,41 @@ def fail_once_callback(marker_path: str, at_epoch: int):
 
 @pytest.fixture(scope="session")
 def smoke_sweep(ray_local, tmp_path_factory):
-    """One small stratified sweep (3 search trials per arm, 2 confirmation seeds per arm) on
-    synthetic data, with one trial crashing once mid-training. Returns (cfg, exp_dir, root)."""
+    """One small stratified sweep (2 replicates x 2 search trials per arm, 2 confirmation seeds per
+    arm and replicate) on synthetic data, with one trial crashing once mid-training.
+    Returns (cfg, exp_dir, root)."""
     from sweeps.config import CONFIG_DIR, load_config
     from sweeps.runner import RunOptions, run_sweep
 
     root = tmp_path_factory.mktemp("sweep")
-    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={root}", "search.num_samples=3",
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={root}", "search.num_samples=2",
+                                                  "search.replicates=2", "confirm.seeds=2",
                                                   "search.space.epochs.low=2", "search.space.epochs.high=2",
                                                   "search.early_stopping.enabled=false"])
     crash = fail_once_callback(str(root / "crashed-once"), at_epoch=1)
     exp = run_sweep(cfg, RunOptions(callbacks=(crash,)))
     return cfg, Path(exp), root
+
+
+@pytest.fixture
+def blackhole_address():
+    """HOST:PORT on loopback that accepts TCP connections never: a listener whose backlog is full,
+    so the kernel drops further SYNs and a connect hangs, as to a host that is down."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    for _ in range(8):  # fill the accept queue (its size is backlog + 1)
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(server.getsockname())
+        fillers.append(c)
+    import time
+
+    time.sleep(0.2)
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    for c in fillers:
+        c.close()
+    server.close()

@@ -125,7 +125,7 @@ def train_cnn(config: dict[str, Any], data: Dataset, callbacks: Sequence[Any] = 
 
     for epoch in range(start_epoch, epochs):
         # Re-seed per epoch so a resumed trial shuffles exactly as an uninterrupted one.
-        keras.utils.set_random_seed(seed * 100_003 + epoch)
+        keras.utils.set_random_seed((seed * 100_003 + epoch) % 2**31)
         t0 = time.perf_counter()
         hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=epoch + 1,
                          initial_epoch=epoch, shuffle=True, verbose=0,

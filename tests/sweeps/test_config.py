@@ -29,7 +29,7 @@ def test_default_config_is_the_fair_cifar10_search():
     assert cfg.data.source == "cifar10" and [a.activation for a in cfg.arms] == ["relu", "selu"]
     space = {p.name: p for p in cfg.search.space}
     assert (space["lr"].low, space["lr"].high, space["lr"].log) == (1e-4, 1e-2, True)
-    assert (space["epochs"].low, space["epochs"].high) == (5, 50)
+    assert (space["epochs"].low, space["epochs"].high) == (3, 30) and cfg.search.replicates >= 3
     assert cfg.train.batch_size == 100 and cfg.search.early_stopping.enabled
     assert cfg.search.mode == "stratified" and cfg.data.validate_on == "val"
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,24 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(path, tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--config", "/nonexistent.yaml"], "no such file"),
+    (["--config", SMOKE, "--overwrite", "--confirm-only"], "would delete the search it confirms"),
+    (["--data-dir", ""], "data.data_dir: empty"),
+    (["--config", SMOKE, "--set", "search.seed=-1"], "0 <= seed < 2**31"),
+    (["--config", SMOKE, "--set", "search.seed=2147483648"], "0 <= seed < 2**31"),
+    (["--config", SMOKE, "--set", "confirm.seed=-5"], "0 <= seed < 2**31"),
+    (["--config", SMOKE, "--set", "train.lr=.inf"], "finite"),
+    (["--config", SMOKE, "--set", "train.lr=.nan"], "finite"),
+    (["--config", SMOKE, "--set", "search.space.lr.high=.inf"], "finite"),
+    (["--config", SMOKE, "--set", "resources.wait_for_nodes_s=-1"], "at least 0"),
+    (["--config", SMOKE, "--set", "search.replicates=0"], "at least 1"),
+    (["--config", SMOKE, "--set", "analysis.equivalence_margin=0"], "equivalence_margin"),
+    (["--config", SMOKE, "--name", "x" * 300], "at most 100"),
+    (["--config", SMOKE, "--name", ".."], "must be letters"),
+    (["--config", SMOKE, "--name", "a/b"], "must be letters"),
+    (["--config", SMOKE, "--optuna-storage", "not-a-url"], "not a database URL"),
+    (["--config", SMOKE, "--optuna-storage", "oracle+nosuch://u@h/db"], "unknown database"),
+    (["--config", SMOKE, "--address", "host:notaport"], "--address"),
+    (["--config", SMOKE, "--set", "logging.wandb.mode=sideways"], "logging.wandb.mode"),
     (["--bogus-flag"], "unrecognized arguments"),
     (["--set", "search.num_samples"], "expected KEY=VALUE"),
     (["--set", "search.num_samples=-1"], "must be at least 1"),
@@ -60,6 +80,63 @@ def test_existing_sweep_is_not_overwritten_without_a_flag(tmp_path):
     proc = run_cli("--config", SMOKE, "--storage-path", tmp_path / "results")
     assert_one_line_error(proc, "--resume")
     assert (exp / "config.yaml").read_text() == "precious: true\n"
+
+
+def test_overwrite_of_a_directory_that_is_not_a_sweep_deletes_nothing(tmp_path):
+    docs = tmp_path / "Documents"
+    (docs / "photos").mkdir(parents=True)
+    (docs / "thesis.tex").write_text("years of work")
+    (docs / "photos" / "a.jpg").write_bytes(b"\xff\xd8")
+    (docs / "config.yaml").write_text("mine: true\n")  # even a config.yaml of the user's own
+    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path, "--name", "Documents", "--overwrite")
+    assert_one_line_error(proc, "not created by selu-sweep")
+    assert (docs / "thesis.tex").read_text() == "years of work" and (docs / "photos" / "a.jpg").exists()
+    assert (docs / "config.yaml").read_text() == "mine: true\n"
+
+
+def test_a_non_sweep_directory_is_not_adopted_either(tmp_path):
+    (tmp_path / "Documents").mkdir()
+    (tmp_path / "Documents" / "thesis.tex").write_text("x")
+    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path, "--name", "Documents")
+    assert_one_line_error(proc, "is not a sweep")
+
+
+def test_an_unreachable_address_exits_2_within_15_seconds(tmp_path, blackhole_address):
+    t0 = time.monotonic()
+    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path / "results", "--address", blackhole_address)
+    assert time.monotonic() - t0 < 15
+    assert_one_line_error(proc, f"no Ray cluster answers at {blackhole_address}")
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_database_password_appears_in_no_output(tmp_path, blackhole_address):
+    pytest.importorskip("psycopg", reason="psycopg is in the [cluster] and [dev] extras")
+    url = f"postgresql+psycopg://alice:s3cret-pw@{blackhole_address}/optuna"
+    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path / "results", "--optuna-storage", url)
+    assert_one_line_error(proc, "cannot connect to postgresql+psycopg://alice:***@")
+    assert "s3cret-pw" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_flag_values_are_taken_literally_not_as_yaml(tmp_path):
+    from sweeps.run import parse
+
+    cfg, _ = parse(["--config", str(SMOKE), "--storage-path", f"{tmp_path}/x #2", "--name", "007"])
+    assert cfg.storage_path == f"{tmp_path}/x #2" and cfg.name == "007"
+
+
+def test_resume_reads_the_saved_config_of_the_name_given_by_set(tmp_path):
+    from sweeps.run import parse
+
+    for name, samples in (("smoke", 5), ("other", 7)):
+        (tmp_path / name).mkdir()
+        raw = SMOKE.read_text().replace("name: smoke ", f"name: {name} ").replace(
+            "num_samples: 2 ", f"num_samples: {samples} ")
+        (tmp_path / name / "config.yaml").write_text(raw)
+    cfg, options = parse(["--storage-path", str(tmp_path), "--set", "name=other", "--resume",
+                          "--set", "confirm.seeds=4"])
+    assert cfg.name == "other" and cfg.search.num_samples == 7 and cfg.confirm.seeds == 4
+    assert options.resume and "--set confirm.seeds=4" in options.command
 
 
 def test_gpu_request_on_a_gpu_less_cluster_fails_fast(tmp_path):
@@ -85,7 +162,7 @@ def test_skip_confirm_without_a_search_is_refused(tmp_path):
 
 def test_joint_search_then_confirm_only_continues_the_same_sweep(tmp_path):
     common = ["--config", SMOKE, "--storage-path", tmp_path, "--name", "joint",
-              "--set", "search.mode=joint", "--set", "search.num_samples=3",
+              "--set", "search.replicates=1", "--set", "search.mode=joint", "--set", "search.num_samples=3",
               "--set", "search.space.epochs.high=1", "--set", "confirm.seeds=1"]
     first = run_cli(*common, "--skip-confirm", "--no-report", timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -102,7 +179,8 @@ def test_joint_search_then_confirm_only_continues_the_same_sweep(tmp_path):
     import optuna
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{exp}/optuna.db")
-    assert [s.study_name for s in optuna.study.get_all_study_summaries(storage)] == ["joint-joint"]
+    exp_id = json.loads((exp / ".selu-sweep.json").read_text())["experiment_id"]
+    assert [s.study_name for s in optuna.study.get_all_study_summaries(storage)] == [f"joint-{exp_id}-r0"]
 
 
 def test_resume_with_a_corrupt_saved_config_is_refused(tmp_path):
@@ -110,5 +188,5 @@ def test_resume_with_a_corrupt_saved_config_is_refused(tmp_path):
     exp.mkdir(parents=True)
     (exp / "config.yaml").write_text("name: [unclosed\n")
     proc = run_cli("--name", "broken", "--storage-path", tmp_path / "results", "--resume")
-    assert_one_line_error(proc, "not a sweep config")
+    assert_one_line_error(proc, "config.yaml (saved config): invalid YAML")
     assert (exp / "config.yaml").read_text() == "name: [unclosed\n"

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 
 from analysis.load import load_results
+from sweeps import seeds
 from sweeps.config import CONFIG_DIR
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,35 +33,47 @@ def _epochs_by_trial(stage_dir: Path) -> dict[str, list[float]]:
     return out
 
 
-def test_stratified_mode_gives_equal_trials_per_arm(smoke_sweep):
+def _params(exp: Path, stage: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (exp / stage).glob("*/params.json")]
+
+
+def test_stratified_mode_gives_equal_trials_per_arm_and_replicate(smoke_sweep):
     cfg, exp, _ = smoke_sweep
+    search = _params(exp, "search")
+    cells = sorted((p["arm"], p["replicate"]) for p in search)
+    assert cells == sorted([(a, r) for a in ("relu", "selu") for r in (0, 1)] * 2)
+    confirm = _params(exp, "confirm")
+    assert sorted((p["arm"], p["replicate"]) for p in confirm) == cells
+    expected = {seeds.confirm_trial_seed(0, r, k) for r in (0, 1) for k in (0, 1)}
+    for arm in ("relu", "selu"):  # confirmation seed k of replicate r is shared by the arms
+        assert {p["seed"] for p in confirm if p["arm"] == arm} == expected
+    assert not {p["seed"] for p in search} & expected, "confirmation seeds are never search seeds"
     trials = load_results([exp]).trials
-    search = trials[trials["stage"] == "search"]
-    assert search.groupby("arm").size().to_dict() == {"relu": 3, "selu": 3}
-    confirm = trials[trials["stage"] == "confirm"]
-    assert confirm.groupby("arm").size().to_dict() == {"relu": 2, "selu": 2}
-    assert set(confirm["seed"]) == {10_000, 10_001}
-    assert confirm["final_test_accuracy"].notna().all()
+    assert trials.loc[trials["stage"] == "confirm", "final_test_accuracy"].notna().all()
 
 
 def test_optuna_storage_holds_every_trial_with_its_state(smoke_sweep):
     cfg, exp, _ = smoke_sweep
     studies = _studies(exp)
-    assert set(studies) == {"smoke-relu", "smoke-selu"}
+    exp_id = json.loads((exp / ".selu-sweep.json").read_text())["experiment_id"]
+    assert set(studies) == {f"smoke-{exp_id}-{a}-r{r}" for a in ("relu", "selu") for r in (0, 1)}
     for study in studies.values():
-        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
         assert all(t.value is not None and 0 <= t.value <= 1 for t in study.trials)
 
 
-def test_confirmation_uses_each_arms_best_search_config(smoke_sweep):
+def test_confirmation_uses_each_replicates_best_search_config(smoke_sweep):
     cfg, exp, _ = smoke_sweep
-    trials = load_results([exp]).trials
+    search, confirm = _params(exp, "search"), _params(exp, "confirm")
+    trials = load_results([exp]).trials.set_index("trial_id")
     for arm in ("relu", "selu"):
-        search = trials[(trials["stage"] == "search") & (trials["arm"] == arm)]
-        top = search[search["final_val_accuracy"] == search["final_val_accuracy"].max()]  # ties
-        confirm = trials[(trials["stage"] == "confirm") & (trials["arm"] == arm)]
-        assert confirm["lr"].nunique() == 1 and confirm["lr"].iloc[0] in set(top["lr"])
-        assert confirm["epochs"].iloc[0] in set(top["epochs"])
+        for r in (0, 1):
+            cell = trials[(trials["stage"] == "search") & (trials["arm"] == arm) & (trials["seed"].isin(
+                [p["seed"] for p in search if p["arm"] == arm and p["replicate"] == r]))]
+            top = cell[cell["final_val_accuracy"] == cell["final_val_accuracy"].max()]  # ties
+            chosen = [p for p in confirm if p["arm"] == arm and p["replicate"] == r]
+            assert len({p["lr"] for p in chosen}) == 1 and chosen[0]["lr"] in set(top["lr"])
+            assert chosen[0]["source_trial"] in set(top.index)
 
 
 def test_a_trial_that_raises_once_is_retried_from_its_checkpoint_and_finishes(smoke_sweep):
@@ -73,10 +86,15 @@ def test_a_trial_that_raises_once_is_retried_from_its_checkpoint_and_finishes(sm
             assert epochs == sorted(set(epochs)), f"{name} repeated an epoch: {epochs}"
 
 
-def test_sweep_ends_with_a_report(smoke_sweep):
+def test_sweep_ends_with_a_report_and_records_what_it_ran(smoke_sweep):
     _, exp, _ = smoke_sweep
     assert (exp / "report" / "report.md").exists() and (exp / "report" / "report.html").exists()
-    assert (exp / "config.yaml").exists()
+    assert (exp / "config.yaml").stat().st_mode & 0o077 == 0, "config.yaml is readable by the user only"
+    assert exp.stat().st_mode & 0o077 == 0, "the experiment directory is the user's only"
+    data = json.loads((exp / "data.json").read_text())
+    assert data["kind"] == "synthetic" and data["source"].startswith("synthetic") and data["train"] > 0
+    runs = [json.loads(line) for line in (exp / "runs.jsonl").read_text().splitlines()]
+    assert [r["mode"] for r in runs] == ["start"]
 
 
 def _finished(result_json: Path) -> bool:
@@ -96,7 +114,8 @@ def _cli(*args, **kwargs):
 
 def test_sigkill_of_the_driver_then_resume_finishes_with_no_trial_run_twice(tmp_path):
     args = ["--config", CONFIG_DIR / "smoke.yaml", "--storage-path", tmp_path, "--name", "killed",
-            "--set", "search.num_samples=3", "--set", "search.early_stopping.enabled=false",
+            "--set", "search.num_samples=3", "--set", "search.replicates=1",
+            "--set", "search.early_stopping.enabled=false",
             "--set", "search.space.epochs.low=2", "--set", "search.space.epochs.high=3",
             "--set", "confirm.seeds=1", "--no-report"]
     cmd, env = _cli(*args)

@@ -1,0 +1,156 @@
+"""Before the stages: validate everything (no writes, no Ray), load the data, and open the
+experiment directory (replace, create or reopen it; record config, data and the run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeps import seeds
+from sweeps.config import ConfigError, SweepConfig
+from sweeps.ray_session import check_address
+from sweeps.seeds import study_name
+from sweeps.storage import Experiment, check_database_url, check_storage_path, optuna_storage, redact
+
+
+class SweepFailed(RuntimeError):
+    """The sweep started but could not finish (exit code 1)."""
+
+
+class SweepInterrupted(RuntimeError):
+    """The sweep was interrupted; it can be continued with --resume (exit code 1)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not what): modes from the command line."""
+
+    resume: bool = False
+    overwrite: bool = False
+    skip_confirm: bool = False
+    confirm_only: bool = False
+    report: bool = True
+    callbacks: Sequence[Any] = field(default_factory=tuple)  # extra Keras callbacks for every trial
+    command: str = ""                                        # the command line, recorded in runs.jsonl
+
+
+def optuna_url(cfg: SweepConfig, exp: Experiment) -> str:
+    return cfg.search.optuna_storage or f"sqlite:///{exp.join('optuna.db')}"
+
+
+def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
+    """Every check that needs no Ray and writes nothing; ConfigError (exit 2) on the first problem."""
+    if options.resume and options.overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other; pass one of them")
+    if options.confirm_only and options.skip_confirm:
+        raise ConfigError("--confirm-only and --skip-confirm contradict each other; pass one of them")
+    if options.confirm_only and options.overwrite:
+        raise ConfigError("--confirm-only --overwrite would delete the search it confirms; drop --overwrite")
+    if options.skip_confirm and not cfg.search.enabled:
+        raise ConfigError("--skip-confirm with search.enabled: false leaves nothing to run; drop the flag")
+    check_storage_path(cfg.storage_path)
+    if exp.remote and not cfg.search.optuna_storage and cfg.search.enabled:
+        raise ConfigError("search.optuna_storage: a remote storage_path needs a database URL for the "
+                          "Optuna study (e.g. --optuna-storage postgresql+psycopg://user@host/db)")
+    if cfg.search.optuna_storage:
+        check_database_url(cfg.search.optuna_storage)
+    check_address(cfg.address)
+    exists = exp.has_sweep()
+    if exists and not (options.resume or options.overwrite or options.confirm_only):
+        raise ConfigError(f"{exp} already holds a sweep named '{cfg.name}'; pass --resume to continue "
+                          f"it, --overwrite to replace it, or --name NEW_NAME")
+    if not exists and exp.exists() and not options.overwrite and not exp.remote:
+        if any(Path(exp.path).iterdir()):
+            raise ConfigError(f"{exp} exists and is not a sweep; choose another --name or --storage-path")
+    if (options.resume or options.confirm_only or options.overwrite) and exists:
+        exp.marker() or _refuse_foreign(exp, options)
+    if options.resume and not exists:
+        raise ConfigError(f"--resume: no sweep named '{cfg.name}' under {redact(cfg.storage_path)}; "
+                          f"check --name and --storage-path")
+    if options.confirm_only:
+        if not cfg.search.enabled:
+            raise ConfigError("--confirm-only needs a search stage to take the best configs from; "
+                              "this config has search.enabled: false (just run it without the flag)")
+        if not exp.has_stage("search"):
+            raise ConfigError(f"--confirm-only: {exp}/search does not exist; run the search first")
+
+
+def _refuse_foreign(exp: Experiment, options: RunOptions) -> None:
+    flag = "--overwrite" if options.overwrite else "--resume" if options.resume else "--confirm-only"
+    raise ConfigError(f"{flag}: {exp} was not created by selu-sweep (no .selu-sweep.json); nothing "
+                      f"changed: move it away or choose another --name")
+
+
+def load_data(cfg: SweepConfig):
+    """The dataset (or, with ``data.vary_split``, one per replicate's split seed)."""
+    from trainable import make_dataset
+
+    d = cfg.data
+
+    def make(split_seed: int):
+        return make_dataset(d.source, data_dir=d.data_dir, val_size=d.val_size, split_seed=split_seed,
+                            train_subset=d.train_subset, synthetic_size=(d.synthetic.train, d.synthetic.test),
+                            synthetic_seed=d.synthetic.seed)
+    if not d.vary_split:
+        return make(d.split_seed)
+    return {s: make(s) for s in sorted({seeds.split_seed(d.split_seed, r, True)
+                                        for r in range(cfg.search.replicates)})}
+
+
+def data_info(dataset) -> dict[str, Any]:
+    ds = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
+    train, val, test = ds.sizes if isinstance(ds.sizes, tuple) else (None, None, None)
+    kind = "synthetic" if str(ds.source).startswith("synthetic") else "cifar10"
+    return {"source": ds.source, "kind": kind, "train": train, "val": val, "test": test,
+            "digest": getattr(ds, "digest", None), "official": getattr(ds, "official", None),
+            "warnings": list(getattr(ds, "data_warnings", ()))}
+
+
+def _saved_config(cfg: SweepConfig) -> str:
+    raw = cfg.to_dict()
+    raw["storage_path"] = redact(raw["storage_path"])
+    raw["search"]["optuna_storage"] = redact(raw["search"]["optuna_storage"])
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def delete_studies(cfg: SweepConfig, exp: Experiment, exp_id: str) -> None:
+    """Delete only the studies this experiment created (their names carry its id)."""
+    import optuna
+
+    storage = optuna_storage(optuna_url(cfg, exp))
+    prefix = study_name(cfg, exp_id, "")
+    for s in optuna.study.get_all_study_summaries(storage):
+        if s.study_name.startswith(prefix):
+            optuna.delete_study(study_name=s.study_name, storage=storage)
+
+
+def open_experiment(cfg: SweepConfig, options: RunOptions, exp: Experiment, dataset) -> str:
+    """Replace (``--overwrite``), create or reopen the directory; record config, data and the run."""
+    marker = exp.marker() if exp.has_sweep() else None
+    if options.overwrite and marker is not None:
+        if cfg.search.optuna_storage:
+            delete_studies(cfg, exp, marker["experiment_id"])
+        exp.delete()
+        marker = None
+    exp_id = marker["experiment_id"] if marker else exp.create()
+    exp.write_text("config.yaml", _saved_config(cfg))
+    exp.write_text("data.json", json.dumps(data_info(dataset), indent=1))
+    exp.append_line("runs.jsonl", json.dumps({
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
+        "mode": "resume" if options.resume else "confirm-only" if options.confirm_only else "start",
+        "command": redact_command(options.command)}))
+    return exp_id
+
+
+def redact_command(command: str) -> str:
+    return " ".join(redact(part) or part for part in shlex.split(command)) if command else ""

@@ -1,0 +1,56 @@
+"""The pairing structure of a sweep: its tuning cells and every seed, derived in one place so
+that the rules hold by construction:
+
+* arms are paired: replicate ``r`` of every arm uses the same sampler seed and data split, and
+  confirmation seed ``k`` of replicate ``r`` is the same for every arm;
+* search and confirmation trials never share a weight seed: search seeds lie in
+  ``[0, 2**30)``, confirmation seeds in ``[2**30, 2**31)``, whatever ``search.seed`` and
+  ``confirm.seed`` are (any value in ``[0, 2**31)``);
+* every derived seed is below ``2**31``: safe for numpy, TensorFlow, JAX and Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sweeps.config import SweepConfig
+
+HALF = 2**30
+
+
+def _hash(*parts: object) -> int:
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % HALF
+
+
+def sampler_seed(search_seed: int, replicate: int) -> int:
+    """Seed of the TPE sampler of replicate ``replicate`` (the same for every arm)."""
+    return _hash("sampler", search_seed, replicate)
+
+
+def split_seed(base: int, replicate: int, vary: bool) -> int:
+    """The train/val split of a replicate: ``base`` for all, or ``base + r`` with ``data.vary_split``."""
+    return (base + replicate) % 2**31 if vary else base
+
+
+def search_trial_seed(search_seed: int, replicate: int, number: int) -> int:
+    """Weight seed of search trial ``number`` (its Optuna trial number) in a replicate's study."""
+    return _hash("search", search_seed, replicate, number)
+
+
+def confirm_trial_seed(confirm_seed: int, replicate: int, k: int) -> int:
+    """Weight seed of confirmation seed ``k`` of replicate ``replicate``: shared across arms."""
+    return HALF + _hash("confirm", confirm_seed, replicate, k)
+
+
+def cell_of(config: dict, joint: bool = False) -> str:
+    """The tuning cell a trial belongs to: ``arm/rR`` (stratified) or ``rR`` (joint)."""
+    r = int(config.get("replicate", 0))
+    return f"r{r}" if joint else f"{config.get('arm')}/r{r}"
+
+
+def study_name(cfg: SweepConfig, experiment_id: str, cell: str) -> str:
+    """Study names carry the experiment id: two experiments sharing a database never mix."""
+    return f"{cfg.name}-{experiment_id}-{cell.replace('/', '-')}"
