@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _colors(arms) -> dict[str, str]:
@@ -18,14 +19,29 @@ def _colors(arms) -> dict[str, str]:
 
 
 def _get_learning_curve_info(epochs: pd.DataFrame, stage: str = "confirm") -> pd.DataFrame:
-    """Mean and std over seeds per arm and epoch, for the stage's trials."""
+    """Mean and std over seeds per arm and epoch, for the stage's trials. ``single_epoch`` marks arms
+    with one epoch only: a line through one point draws nothing, so those are drawn as markers."""
     e = epochs[epochs["stage"] == stage]
     if e.empty:
         return pd.DataFrame()
     cols = ["train_accuracy", "val_accuracy", "val_loss"]
     g = e.groupby(["arm", "epoch"])[cols]
     info = g.mean().add_suffix("_mean").join(g.std().add_suffix("_std")).join(g.size().rename("n"))
-    return info.reset_index()
+    info = info.reset_index()
+    info["single_epoch"] = info.groupby("arm")["epoch"].transform("size") == 1
+    return info
+
+
+def _curve(ax, d: pd.DataFrame, col: str, style: str, color: str, label: str) -> None:
+    """One mean curve with a ±std band; a single point gets a marker and an error bar instead."""
+    mean, std = d[f"{col}_mean"], d[f"{col}_std"].fillna(0)
+    if d["single_epoch"].iloc[0]:
+        solid = style == "-"
+        ax.errorbar(d["epoch"], mean, yerr=std, fmt="o" if solid else "s", mfc=color if solid else "none",
+                    color=color, capsize=3, label=label)
+        return
+    ax.plot(d["epoch"], mean, style, color=color, label=label)
+    ax.fill_between(d["epoch"], mean - std, mean + std, color=color, alpha=0.15)
 
 
 def plot_learning_curves(epochs: pd.DataFrame, stage: str = "confirm"):
@@ -37,13 +53,13 @@ def plot_learning_curves(epochs: pd.DataFrame, stage: str = "confirm"):
     for arm, d in info.groupby("arm"):
         c = colors[arm]
         for col, style in (("train_accuracy", "--"), ("val_accuracy", "-")):
-            ax_acc.plot(d["epoch"], d[f"{col}_mean"], style, color=c,
-                        label=f"{arm} {col.split('_')[0]} (n={d['n'].max()})")
-            ax_acc.fill_between(d["epoch"], d[f"{col}_mean"] - d[f"{col}_std"].fillna(0),
-                                d[f"{col}_mean"] + d[f"{col}_std"].fillna(0), color=c, alpha=0.15)
-        ax_loss.plot(d["epoch"], d["val_loss_mean"], color=c, label=arm)
-        ax_loss.fill_between(d["epoch"], d["val_loss_mean"] - d["val_loss_std"].fillna(0),
-                             d["val_loss_mean"] + d["val_loss_std"].fillna(0), color=c, alpha=0.15)
+            _curve(ax_acc, d, col, style, c, f"{arm} {col.split('_')[0]} (n={d['n'].max()})")
+        _curve(ax_loss, d, "val_loss", "-", c, arm)
+    lo, hi = float(info["epoch"].min()), float(info["epoch"].max())
+    pad = 1.5 if hi == lo else 0.5  # a lone epoch sits mid-axis, not on its edge
+    for ax in (ax_acc, ax_loss):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(lo - pad, hi + pad)
     ax_acc.set(xlabel="epoch", ylabel="accuracy", title=f"{stage}: accuracy (mean ± std over seeds)")
     ax_loss.set(xlabel="epoch", ylabel="validation loss", title=f"{stage}: validation loss")
     ax_acc.legend(fontsize=7)
@@ -92,26 +108,79 @@ def plot_overfitting(trials: pd.DataFrame, stage: str = "confirm"):
     return fig
 
 
-def _get_search_progress_info(trials: pd.DataFrame) -> pd.DataFrame:
+_TRIAL_KEYS = ("experiment", "stage", "trial_id")
+
+
+def _seconds(values: pd.Series) -> pd.Series:
+    """Times as float seconds: numbers (Ray's ``timestamp``), datetimes, or Ray's ``date`` strings."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype(float)
+    if not pd.api.types.is_datetime64_any_dtype(values):
+        as_number = pd.to_numeric(values, errors="coerce")
+        if as_number.notna().any():
+            return as_number.astype(float)
+        parsed = pd.to_datetime(values, format="%Y-%m-%d_%H-%M-%S", errors="coerce", utc=True)
+        values = parsed if parsed.notna().any() else pd.to_datetime(values, errors="coerce", utc=True,
+                                                                      format="mixed")
+    return (pd.to_datetime(values, utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def _trial_start_times(trials: pd.DataFrame, epochs: pd.DataFrame | None) -> tuple[pd.Series | None, str]:
+    """Each trial's start time in seconds (aligned with ``trials``) and where it came from, or None."""
+    if "start_time" in trials and trials["start_time"].notna().any():
+        return _seconds(trials["start_time"]), "start time"
+    if epochs is None or epochs.empty:
+        return None, ""
+    keys = [k for k in _TRIAL_KEYS if k in trials and k in epochs]
+    col = next((c for c in ("timestamp", "date") if c in epochs and epochs[c].notna().any()), None)
+    if "trial_id" not in keys or col is None:
+        return None, ""
+    e = epochs[epochs[col].notna()]
+    first = e.sort_values("epoch", kind="stable").drop_duplicates(keys) if "epoch" in e else \
+        e.drop_duplicates(keys)
+    start = _seconds(first[col])
+    if "time_this_iter_s" in first:  # Ray's timestamp is when the epoch ended; step back to its start
+        start = start - first["time_this_iter_s"].fillna(0).astype(float)
+    start = pd.Series(start.to_numpy(), index=pd.MultiIndex.from_frame(first[keys]))
+    aligned = start.reindex(pd.MultiIndex.from_frame(trials[keys])).to_numpy()
+    return pd.Series(aligned, index=trials.index, dtype=float), f"first epoch's {col}"
+
+
+def _get_search_progress_info(trials: pd.DataFrame, epochs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Search trials per arm in the order they started, with the best finished score so far.
+
+    Start order comes from a ``start_time`` column of ``trials``, else from each trial's first epoch
+    row in ``epochs`` (``timestamp`` or ``date``), else the trials' row order; trial ids are random and
+    never used. ``attrs["ordered_by"]`` says which was used.
+    """
     t = trials[trials["stage"] == "search"].copy()
     if t.empty:
         return t
+    start, source = _trial_start_times(t, epochs)
+    if start is None or start.isna().all():
+        t["start"] = np.nan
+        ordered_by = "row order (no start times recorded)"
+    else:
+        t["start"] = start
+        t = t.sort_values("start", kind="stable", na_position="last")
+        ordered_by = source if start.notna().all() else f"{source}; trials without one last"
     t["order"] = t.groupby("arm").cumcount() + 1
     score = t["final_val_accuracy"].where(t["status"] == "finished")
     t["best_so_far"] = score.groupby(t["arm"]).cummax()
+    t.attrs["ordered_by"] = ordered_by
     return t
 
 
-def plot_search_progress(trials: pd.DataFrame):
-    t = _get_search_progress_info(trials)
+def plot_search_progress(trials: pd.DataFrame, epochs: pd.DataFrame | None = None):
+    t = _get_search_progress_info(trials, epochs)
     if t.empty:
         return None
     colors = _colors(t["arm"].unique())
     fig, ax = plt.subplots(figsize=(6, 4))
     for arm, d in t.groupby("arm"):
-        ax.step(d["order"], d["best_so_far"], where="post", color=colors[arm], label=arm)
+        ax.step(d["order"], d["best_so_far"], where="post", color=colors[arm], label=arm, marker=".")
         ax.scatter(d["order"], d["final_val_accuracy"], color=colors[arm], s=10, alpha=0.5)
-    ax.set(xlabel="trial (per arm, in start order)", ylabel="val_accuracy",
+    ax.set(xlabel=f"trial per arm, ordered by {t.attrs['ordered_by']}", ylabel="val_accuracy",
            title="search: best finished trial so far")
     ax.legend(fontsize=7)
     fig.tight_layout()

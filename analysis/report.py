@@ -6,8 +6,6 @@ loads, builds, draws and writes. The sweep calls ``write_report`` when it ends.
 
 from __future__ import annotations
 
-import base64
-import html
 import os
 import platform
 from dataclasses import dataclass, field
@@ -16,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import html as html_page
 from analysis import plots
 from analysis.load import Results, load_results, load_studies
 from analysis.stats import (
@@ -61,14 +60,7 @@ def build_report(results: Results, studies: dict | None = None) -> Report:
 
 
 def _table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    if df.empty:
-        return "_(none)_"
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        cells = [format(v, floatfmt) if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return html_page.markdown_table(df, floatfmt)
 
 
 def _environment() -> str:
@@ -116,47 +108,9 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
 
 
 def render_html(markdown: str, figures: dict[str, str]) -> str:
-    """A self-contained HTML page: the markdown's text and tables, images embedded as data URIs."""
-    body = []
-    in_table = in_list = False
-    for line in markdown.splitlines():
-        if in_list and not line.startswith("- "):
-            body.append("</ul>")
-            in_list = False
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= {"-"}:
-                continue
-            tag = "th" if not in_table else "td"
-            if not in_table:
-                body.append("<table>")
-                in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>")
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("!["):
-            name = line[2:line.index("]")]
-            with open(figures[name], "rb") as fh:
-                data = base64.b64encode(fh.read()).decode()
-            body.append(f'<p><img alt="{html.escape(name)}" src="data:image/png;base64,{data}"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line.lstrip('#').strip())}</h{level}>")
-        elif line.startswith("- "):
-            if not in_list:
-                body.append("<ul>")
-                in_list = True
-            body.append(f"<li>{html.escape(line[2:])}</li>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    body.append("</table>" if in_table else "</ul>" if in_list else "")
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
-             "table{border-collapse:collapse;font-size:12px;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>SELU vs ReLU report</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    """A self-contained HTML page: ``figures`` maps a figure's name to its file, linked in the markdown
+    as ``figures/<file name>``."""
+    return html_page.render_html(markdown, {f"figures/{Path(p).name}": p for p in figures.values()})
 
 
 def draw_figures(results: Results, report: Report, out: Path) -> dict[str, str]:
