@@ -520,6 +520,13 @@ class SweepConfig(_Section):
     def arm(self, name: str) -> ArmConfig:
         return next(a for a in self.arms if a.name == name)
 
+    def max_epochs(self) -> int:
+        """The most epochs a trial may train: the top of the searched range, else ``train.epochs``."""
+        spec = next((p for p in self.search.space if p.name == "epochs"), None)
+        if spec is None or not self.search.enabled:
+            return self.train.epochs
+        return int(spec.high if spec.choices is None else max(spec.choices))
+
     def base_trial_config(self) -> dict[str, Any]:
         """Trial-config values shared by every trial of the sweep."""
         return {**self.train.trial_values(), "validate_on": self.data.validate_on}

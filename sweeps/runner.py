@@ -45,14 +45,14 @@ def trial_dirname(trial) -> str:
     return f"{trial.config.get('arm', 'trial')}_{trial.trial_id}"
 
 
-def _run_config(cfg: SweepConfig, exp: Experiment, stage: str, total: int):
+def _run_config(cfg: SweepConfig, exp: Experiment, stage: str, total: int, budget_epochs: int):
     from ray import tune
 
     from sweeps.progress import ProgressTable
 
     return tune.RunConfig(
         name=stage, storage_path=exp.path, verbose=0,
-        callbacks=[ProgressTable(stage, total)],
+        callbacks=[ProgressTable(stage, total, budget_epochs, arms=[a.name for a in cfg.arms])],
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
@@ -106,7 +106,7 @@ def run_search(cfg: SweepConfig, exp: Experiment, trainable, exp_id: str):
                 search_alg=searcher,  # metric and mode live in the searcher and scheduler
                 trial_dirname_creator=trial_dirname, scheduler=make_scheduler(cfg), num_samples=total,
                 max_concurrent_trials=cfg.resources.max_concurrent_trials),
-            run_config=_run_config(cfg, exp, "search", total))
+            run_config=_run_config(cfg, exp, "search", total, total * cfg.max_epochs()))
 
     return _fit(cfg, exp, "search", trainable, make_tuner, total)
 
@@ -167,7 +167,7 @@ def run_confirm(cfg: SweepConfig, exp: Experiment, trainable, best: dict[str, di
                 num_samples=len(configs), trial_dirname_creator=trial_dirname,
                 search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                 max_concurrent_trials=cfg.resources.max_concurrent_trials),
-            run_config=_run_config(cfg, exp, "confirm", len(configs)))
+            run_config=_run_config(cfg, exp, "confirm", len(configs), sum(int(c["epochs"]) for c in configs)))
 
     return _fit(cfg, exp, "confirm", trainable, make_tuner, len(configs))
 

@@ -276,8 +276,7 @@ def make_scheduler(cfg: SweepConfig):
     es = cfg.search.early_stopping
     if not es.enabled:
         return FIFOScheduler()
-    max_t = max([int(p.high if p.choices is None else max(p.choices))
-                 for p in cfg.search.space if p.name == "epochs"] or [cfg.train.epochs])
+    max_t = cfg.max_epochs()
     joint = cfg.search.mode == "joint"
     cells = [cell_of({"arm": a.name, "replicate": r}, joint) for r in range(cfg.search.replicates)
              for a in (cfg.arms[:1] if joint else cfg.arms)]
