@@ -20,7 +20,14 @@ from sweeps import seeds
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.ray_session import check_address
 from sweeps.seeds import study_name
-from sweeps.storage import Experiment, check_database_url, check_storage_path, optuna_storage, redact
+from sweeps.storage import (
+    Experiment,
+    check_database_url,
+    check_storage_path,
+    check_study_database,
+    optuna_storage,
+    redact,
+)
 
 
 class SweepFailed(RuntimeError):
@@ -83,6 +90,8 @@ def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
                               "this config has search.enabled: false (just run it without the flag)")
         if not exp.has_stage("search"):
             raise ConfigError(f"--confirm-only: {exp}/search does not exist; run the search first")
+    if (options.resume or options.confirm_only) and cfg.search.enabled:
+        check_study_database(optuna_url(cfg, exp))
 
 
 def _refuse_foreign(exp: Experiment, options: RunOptions) -> None:
@@ -109,9 +118,8 @@ def load_data(cfg: SweepConfig):
 
 def data_info(dataset) -> dict[str, Any]:
     ds = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
-    train, val, test = ds.sizes if isinstance(ds.sizes, tuple) else (None, None, None)
     kind = "synthetic" if str(ds.source).startswith("synthetic") else "cifar10"
-    return {"source": ds.source, "kind": kind, "train": train, "val": val, "test": test,
+    return {"source": ds.source, "kind": kind, **ds.sizes,
             "digest": getattr(ds, "digest", None), "official": getattr(ds, "official", None),
             "warnings": list(getattr(ds, "data_warnings", ()))}
 

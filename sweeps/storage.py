@@ -132,6 +132,23 @@ def check_database_url(url: str) -> None:
                           f"host, port, user and password") from None
 
 
+def check_study_database(url: str) -> None:
+    """An existing SQLite study database must open (a damaged one is exit 2 on --resume, not a crash)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or not Path(parsed.database).exists():
+        return
+    import optuna
+
+    try:
+        optuna.study.get_all_study_summaries(optuna_storage(url))
+    except Exception as exc:
+        why = str(getattr(exc, "orig", exc)).strip().splitlines()
+        raise ConfigError(f"{parsed.database}: not a readable Optuna database ({(why or ['?'])[0][:120]}); "
+                          f"restore it, or start a new sweep with --name") from None
+
+
 def optuna_storage(url: str):
     """An Optuna RDBStorage; SQLite waits for a busy database instead of failing after 5 s."""
     import optuna

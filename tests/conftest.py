@@ -92,21 +92,38 @@ def fail_once_callback(marker_path: str, at_epoch: int):
     return FailOnce()
 
 
+def kill_once_callback(marker_path: str, at_epoch: int):
+    """A Keras callback that SIGKILLs its own process at the start of ``at_epoch`` the first time
+    only (a marker file remembers): a trial process killed outright, not an exception."""
+    import signal
+
+    import keras
+
+    class KillOnce(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == at_epoch and not os.path.exists(marker_path):
+                open(marker_path, "w").close()
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return KillOnce()
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(ray_local, tmp_path_factory):
     """One small stratified sweep (2 replicates x 2 search trials per arm, 2 confirmation seeds per
-    arm and replicate) on synthetic data, with one trial crashing once mid-training.
+    arm and replicate) on synthetic data, with one trial raising once and one killed outright once.
     Returns (cfg, exp_dir, root)."""
     from sweeps.config import CONFIG_DIR, load_config
     from sweeps.runner import RunOptions, run_sweep
 
     root = tmp_path_factory.mktemp("sweep")
     cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={root}", "search.num_samples=2",
-                                                  "search.replicates=2", "confirm.seeds=2",
+                                                  "search.replicates=2", "confirm.seeds=2", "max_failures=2",
                                                   "search.space.epochs.low=2", "search.space.epochs.high=2",
                                                   "search.early_stopping.enabled=false"])
     crash = fail_once_callback(str(root / "crashed-once"), at_epoch=1)
-    exp = run_sweep(cfg, RunOptions(callbacks=(crash,)))
+    kill = kill_once_callback(str(root / "killed-once"), at_epoch=1)
+    exp = run_sweep(cfg, RunOptions(callbacks=(crash, kill)))
     return cfg, Path(exp), root
 
 

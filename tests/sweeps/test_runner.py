@@ -76,14 +76,16 @@ def test_confirmation_uses_each_replicates_best_search_config(smoke_sweep):
             assert chosen[0]["source_trial"] in set(top.index)
 
 
-def test_a_trial_that_raises_once_is_retried_from_its_checkpoint_and_finishes(smoke_sweep):
+def test_trials_that_raise_or_are_killed_are_retried_from_their_checkpoints_and_finish(smoke_sweep):
     cfg, exp, root = smoke_sweep
-    assert (root / "crashed-once").exists(), "the injected crash happened"
+    assert (root / "crashed-once").exists(), "the injected exception happened"
+    assert (root / "killed-once").exists(), "the injected SIGKILL happened"
     trials = load_results([exp]).trials
     assert (trials["status"] == "finished").all()
     for stage in ("search", "confirm"):
         for name, epochs in _epochs_by_trial(exp / stage).items():
-            assert epochs == sorted(set(epochs)), f"{name} repeated an epoch: {epochs}"
+            # every epoch once: a retry restarted from scratch would report epoch 1 twice
+            assert epochs == [1.0, 2.0], f"{name}: {epochs}"
 
 
 def test_sweep_ends_with_a_report_and_records_what_it_ran(smoke_sweep):
@@ -112,46 +114,90 @@ def _cli(*args, **kwargs):
     return [sys.executable, str(ROOT / "sweeps" / "run.py"), *map(str, args)], env
 
 
-def test_sigkill_of_the_driver_then_resume_finishes_with_no_trial_run_twice(tmp_path):
-    args = ["--config", CONFIG_DIR / "smoke.yaml", "--storage-path", tmp_path, "--name", "killed",
-            "--set", "search.num_samples=3", "--set", "search.replicates=1",
-            "--set", "search.early_stopping.enabled=false",
-            "--set", "search.space.epochs.low=2", "--set", "search.space.epochs.high=3",
-            "--set", "confirm.seeds=1", "--no-report"]
+def _run_and_kill(tmp_path: Path, args: list, stage: str, after: int) -> dict[str, float]:
+    """Start the CLI, SIGKILL it (and its Ray) 2 s after ``after`` trials of ``stage`` finished;
+    returns the mtimes of every result.json that existed then."""
     cmd, env = _cli(*args)
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    search = tmp_path / "killed" / "search"
-    deadline = time.time() + 240
-    finished_before: dict[str, list[float]] = {}
-    while time.time() < deadline and proc.poll() is None:
-        done = [p.parent for p in search.glob("*/result.json") if _finished(p)]
-        if len(done) >= 2:
-            time.sleep(2)  # a kill seconds after trials finished must lose none of them
-            finished_before = {p.name: _epochs_by_trial(search)[p.name] for p in done}
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, "the sweep ended before it could be killed; make it longer"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
-    proc.wait()
-    log.close()
-    assert finished_before, "no trial finished before the deadline"
-    mtimes = {name: (search / name / "result.json").stat().st_mtime for name in finished_before}
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        stage_dir = tmp_path / "killed" / stage
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if len([p for p in stage_dir.glob("*/result.json") if _finished(p)]) >= after:
+                time.sleep(2)  # a kill seconds after trials finished must lose none of them
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be killed; make it longer"
+        finished = {str(p): p.stat().st_mtime for p in (tmp_path / "killed").glob("*/*/result.json")
+                    if _finished(p)}
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray instance it started
+        proc.wait()
+    assert len([f for f in finished if f"/{stage}/" in f]) >= after, "too few trials finished before the kill"
+    return finished
 
+
+def _resume_and_check(tmp_path: Path, finished_before: dict[str, float], search_trials: int, seeds: int):
     cmd, env = _cli("--name", "killed", "--storage-path", tmp_path, "--resume", "--no-report")
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-
-    epochs = _epochs_by_trial(search)
-    assert len(epochs) == 6, sorted(epochs)
-    for name, seen in epochs.items():
-        assert seen == sorted(set(seen)), f"{name} ran an epoch twice: {seen}"
-    for name in finished_before:  # trials finished before the kill were not touched again
-        assert (search / name / "result.json").stat().st_mtime == mtimes[name]
-    for study in _studies(tmp_path / "killed").values():
+    exp = tmp_path / "killed"
+    assert len(_epochs_by_trial(exp / "search")) == 2 * search_trials
+    assert len(_epochs_by_trial(exp / "confirm")) == 2 * seeds
+    for stage in ("search", "confirm"):
+        for name, seen in _epochs_by_trial(exp / stage).items():
+            assert seen == sorted(set(seen)), f"{name} ran an epoch twice: {seen}"
+    for path, mtime in finished_before.items():  # trials finished before the kill were not touched again
+        assert Path(path).stat().st_mtime == mtime, path
+    for study in _studies(exp).values():
         states = [t.state for t in study.trials]
-        assert states.count(optuna.trial.TrialState.COMPLETE) == 3, states
+        assert states.count(optuna.trial.TrialState.COMPLETE) == search_trials, states
         assert optuna.trial.TrialState.RUNNING not in states
-    trials = load_results([tmp_path / "killed"]).trials
+    trials = load_results([exp]).trials
     assert (trials["status"] == "finished").all()
-    assert trials[trials["stage"] == "confirm"].groupby("arm").size().to_dict() == {"relu": 1, "selu": 1}
+    per_arm = trials[trials["stage"] == "confirm"].groupby("arm").size().to_dict()
+    assert per_arm == {"relu": seeds, "selu": seeds}
+    runs = [json.loads(line)["mode"] for line in (exp / "runs.jsonl").read_text().splitlines()]
+    assert runs == ["start", "resume"], "every start and resume is recorded"
+
+
+_KILL_ARGS = ["--config", CONFIG_DIR / "smoke.yaml", "--name", "killed", "--no-report",
+              "--set", "search.replicates=1", "--set", "search.early_stopping.enabled=false",
+              "--set", "search.space.epochs.low=2", "--set", "search.space.epochs.high=3"]
+
+
+def test_sigkill_of_the_driver_in_the_search_then_resume_loses_nothing(tmp_path):
+    args = [*_KILL_ARGS, "--storage-path", tmp_path, "--set", "search.num_samples=3",
+            "--set", "confirm.seeds=1"]
+    finished = _run_and_kill(tmp_path, args, "search", after=2)
+    _resume_and_check(tmp_path, finished, search_trials=3, seeds=1)
+
+
+def test_sigkill_of_the_driver_in_the_confirmation_then_resume_loses_nothing(tmp_path):
+    args = [*_KILL_ARGS, "--storage-path", tmp_path, "--set", "search.num_samples=1",
+            "--set", "confirm.seeds=3"]
+    finished = _run_and_kill(tmp_path, args, "confirm", after=2)
+    _resume_and_check(tmp_path, finished, search_trials=1, seeds=3)
+
+
+def test_a_corrupt_experiment_state_or_study_database_is_exit_2(tmp_path):
+    """A damaged sweep directory is a clear error on --resume, not a traceback."""
+    exp = tmp_path / "killed"
+    exp.mkdir(mode=0o700)
+    (exp / ".selu-sweep.json").write_text(json.dumps({"tool": "selu-sweep", "experiment_id": "abc",
+                                                      "name": "killed"}))
+    saved = (CONFIG_DIR / "smoke.yaml").read_text().replace("name: smoke ", "name: killed ")
+    (exp / "config.yaml").write_text(saved)
+    (exp / "search").mkdir()
+    (exp / "search" / "experiment_state-2026-01-01_00-00-00.json").write_text("{not json")
+    (exp / "search" / "tuner.pkl").write_bytes(b"\x80\x04garbage")
+    (exp / "optuna.db").write_bytes(b"this is not an SQLite file" * 100)
+    cmd, env = _cli("--name", "killed", "--storage-path", tmp_path, "--resume")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "optuna.db" in lines[0] or "cannot restore" in lines[0]
+    (exp / "optuna.db").unlink()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "cannot restore the search stage" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
