@@ -221,17 +221,17 @@ def fisher_z_interval(rho, n, confidence=CONFIDENCE):
 
 # --------------------------------------------------------------------------- expected max (Dodge)
 
-def expected_max(values, n_max: int | None = None) -> pd.DataFrame:
+def expected_max(values, n_max: int | None = None, ns=None) -> pd.DataFrame:
     """Expected best of n draws (with replacement) from the empirical distribution of ``values``
     (Dodge et al. 2019, "Show your work"): with v_(1) <= ... <= v_(N),
     E[max_n] = sum_i v_(i) [(i/N)^n - ((i-1)/N)^n], exactly; ``std`` is sqrt(E[max^2] - E[max]^2).
-    One row per n = 1..n_max (default N)."""
+    One row per n = 1..n_max (default N), or per n in ``ns``."""
     v = np.sort(np.asarray(values, dtype=float))
     v = v[np.isfinite(v)]
     big_n = len(v)
     if big_n == 0:
         return pd.DataFrame(columns=["n", "expected", "std"])
-    ns = np.arange(1, (n_max or big_n) + 1)
+    ns = np.arange(1, (n_max or big_n) + 1) if ns is None else np.asarray(ns, dtype=int)
     i = np.arange(1, big_n + 1)
     w = (i[None, :] / big_n) ** ns[:, None] - ((i[None, :] - 1) / big_n) ** ns[:, None]
     mean = w @ v
@@ -242,13 +242,16 @@ def expected_max(values, n_max: int | None = None) -> pd.DataFrame:
 def expected_best_curve(trials: pd.DataFrame) -> pd.DataFrame:
     """Per arm: expected best search validation accuracy against the number of trials, from every
     search trial's final val accuracy (stopped early ones count with the value they stopped at:
-    that is what the search saw). Columns arm, n, expected, std, pool (trials in the pool)."""
+    that is what the search saw). Columns arm, n, expected, std, pool (trials in the pool); every n
+    up to 100, then 60 log-spaced values up to the pool size."""
     t = trials[trials["stage"] == "search"]
     rows = []
     for arm, d in t.groupby("arm", sort=True):
         v = pd.to_numeric(d["final_val_accuracy"], errors="coerce").dropna().to_numpy(float)
         if len(v):
-            rows.append(expected_max(v).assign(arm=arm, pool=len(v)))
+            ns = None if len(v) <= 100 else np.unique(np.r_[np.arange(1, 101),
+                                                             np.geomspace(100, len(v), 60).round()])
+            rows.append(expected_max(v, ns=ns).assign(arm=arm, pool=len(v)))
     if not rows:
         return pd.DataFrame(columns=["arm", "n", "expected", "std", "pool"])
     return pd.concat(rows, ignore_index=True)[["arm", "n", "expected", "std", "pool"]]
