@@ -1,24 +1,44 @@
 """Turn sweep results into SELU-vs-ReLU reports: accuracy, overfitting, statistics, plots.
 
 Only reads experiment directories; analysis functions take and return DataFrames and plotting
-is separate (``analysis.plots``).
+is separate (``analysis.plots``). The decision rule is :mod:`analysis.decision`; the verdict's
+words and verdict.json are :mod:`analysis.claims`.
 """
 
+from analysis.claims import Conclusion, conclude, verdict
+from analysis.decision import (
+    activation_decision,
+    activation_tests,
+    configuration_table,
+    configuration_tests,
+    decision_tests,
+    matched_epoch_gap_tests,
+    replicate_table,
+    sensitivity_tests,
+)
 from analysis.load import AnalysisError, Results, load_results, load_studies
 from analysis.metrics import trial_metrics
-from analysis.report import Report, build_report, write_report
+from analysis.overfitting import overfitting_by_epoch
+from analysis.provenance import describe_data, run_summary
+from analysis.report import Report, build_report, save_report, write_report
 from analysis.stats import (
     arm_summary,
-    compare_arms,
+    divergence,
+    expected_best_curve,
+    expected_max,
     holm,
+    holm_levels,
     param_importances,
     primary_metric,
     search_summary,
-    verdict,
+    spearman_test,
 )
 
 __all__ = [
-    "AnalysisError", "Report", "Results", "arm_summary", "build_report", "compare_arms", "holm",
-    "load_results", "load_studies", "param_importances", "primary_metric", "search_summary",
-    "trial_metrics", "verdict", "write_report",
+    "AnalysisError", "Conclusion", "Report", "Results", "activation_decision", "activation_tests",
+    "arm_summary", "build_report", "conclude", "configuration_table", "configuration_tests",
+    "decision_tests", "describe_data", "divergence", "expected_best_curve", "expected_max", "holm",
+    "holm_levels", "load_results", "load_studies", "matched_epoch_gap_tests", "overfitting_by_epoch",
+    "param_importances", "primary_metric", "replicate_table", "run_summary", "save_report",
+    "search_summary", "sensitivity_tests", "spearman_test", "trial_metrics", "verdict", "write_report",
 ]

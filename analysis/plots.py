@@ -196,3 +196,69 @@ def plot_param_importance(importances: pd.DataFrame):
     ax.set(xlabel="importance (Optuna fANOVA)", title="search: parameter importance")
     fig.tight_layout()
     return fig
+
+
+def plot_replicate_means(replicates: pd.DataFrame, label: str = "accuracy"):
+    """Each arm's replicate means (analysis.decision.replicate_table), one line per replicate
+    joining the arms: the paired units the activation-level test compares."""
+    r = replicates.dropna(subset=["mean"]) if len(replicates) else replicates
+    if r.empty:
+        return None
+    arms = sorted(r["arm"].unique())
+    x = {a: i for i, a in enumerate(arms)}
+    fig, ax = plt.subplots(figsize=(max(4, 2 + 1.5 * len(arms)), 4))
+    for rep, d in r.groupby("replicate"):
+        d = d.sort_values("arm")
+        ax.plot([x[a] for a in d["arm"]], d["mean"], "-o", color="0.6", alpha=0.7, ms=4)
+        ax.annotate(f"r{rep}", (x[d["arm"].iloc[-1]], d["mean"].iloc[-1]), xytext=(4, 0),
+                    textcoords="offset points", fontsize=7, color="0.4")
+    means = r.groupby("arm")["mean"].mean()
+    ax.scatter([x[a] for a in means.index], means.to_numpy(), marker="_", s=600, color="k", zorder=3,
+               label="mean over replicates")
+    ax.set(xticks=range(len(arms)), xticklabels=arms, xlim=(-0.5, len(arms) - 0.5), ylabel=label,
+           title=f"replicate means ({r.groupby('arm').size().min()} replicates per arm at least)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_overfitting_by_epoch(info: pd.DataFrame):
+    """Generalization gap and val loss per epoch with interval bands
+    (analysis.overfitting.overfitting_by_epoch): arms compared at matched epochs."""
+    if info.empty:
+        return None
+    colors = _colors(info["arm"].unique())
+    fig, (ax_gap, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    for arm, d in info.groupby("arm"):
+        c = colors[arm]
+        unit = f"{d['unit'].iloc[0]}s"
+        for ax, m in ((ax_gap, "gap"), (ax_loss, "val_loss")):
+            ax.plot(d["epoch"], d[f"{m}_mean"], color=c, label=f"{arm} (n={int(d['n'].max())} {unit})")
+            ax.fill_between(d["epoch"], d[f"{m}_ci_low"], d[f"{m}_ci_high"], color=c, alpha=0.2)
+    source = "train-eval" if (info["gap_source"] == "train_eval").all() else "running train (fallback)"
+    ax_gap.axhline(0, color="0.7", lw=0.8)
+    ax_gap.set(xlabel="epoch", ylabel="generalization gap",
+               title=f"gap = {source} acc - val acc (mean, 95% CI)")
+    ax_loss.set(xlabel="epoch", ylabel="validation loss", title="validation loss (mean, 95% CI)")
+    ax_gap.legend(fontsize=7)
+    ax_loss.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_expected_best(curve: pd.DataFrame):
+    """Expected best validation accuracy against the number of search trials, ± one std
+    (analysis.stats.expected_best_curve; Dodge et al. 2019)."""
+    if curve.empty:
+        return None
+    colors = _colors(curve["arm"].unique())
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for arm, d in curve.groupby("arm"):
+        ax.plot(d["n"], d["expected"], color=colors[arm], label=f"{arm} ({int(d['pool'].iloc[0])} trials)")
+        ax.fill_between(d["n"], d["expected"] - d["std"], d["expected"] + d["std"], color=colors[arm],
+                        alpha=0.2)
+    ax.set(xscale="log", xlabel="number of search trials", ylabel="expected best val accuracy",
+           title="expected best validation accuracy (± std)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -1,30 +1,38 @@
-"""Write the SELU-vs-ReLU report: report.md, a self-contained report.html, CSV/Parquet, figures.
+"""Write the SELU-vs-ReLU report: report.md, a self-contained report.html, verdict.json,
+CSV/Parquet, figures.
 
-``build_report(results, studies)`` computes everything (no I/O); ``write_report(paths, out)``
-loads, builds, draws and writes. The sweep calls ``write_report`` when it ends.
+``build_report(results, studies)`` computes everything (no I/O); ``save_report(results, out)``
+draws and writes; ``write_report(paths, out)`` loads, then saves. The sweep calls ``write_report``
+when it ends. report.md, report.html and verdict.json carry the same claims (``Report.verdict`` is
+``Report.record["claims"]``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis import html as html_page
 from analysis import plots
+from analysis.claims import conclude
+from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
 from analysis.load import Results, load_results, load_studies
+from analysis.overfitting import overfitting_by_epoch
+from analysis.provenance import describe_data, equivalence_margin, run_summary, sweep_settings
 from analysis.stats import (
     LABELS,
     arm_summary,
-    compare_arms,
+    expected_best_curve,
     param_importances,
     primary_metric,
     search_summary,
-    verdict,
 )
 
 
@@ -32,31 +40,51 @@ from analysis.stats import (
 class Report:
     verdict: list[str]
     confirm_summary: pd.DataFrame
-    comparisons: pd.DataFrame
+    comparisons: pd.DataFrame  # every hypothesis, all levels (analysis.decision.decision_tests)
     search_summary: pd.DataFrame
     importances: pd.DataFrame
     notes: list[str] = field(default_factory=list)
     primary_metric: str = "final_val_accuracy"
+    record: dict = field(default_factory=dict)  # verdict.json
+    replicates: pd.DataFrame = field(default_factory=pd.DataFrame)
+    configurations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    divergence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    run_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    data: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    expected_best: pd.DataFrame = field(default_factory=pd.DataFrame)
+    overfitting: pd.DataFrame = field(default_factory=pd.DataFrame)
+    margin_points: float = 1.0
 
 
 def build_report(results: Results, studies: dict | None = None) -> Report:
-    trials = results.trials
-    stage = "confirm" if (trials["stage"] == "confirm").any() else "search"
-    metric = primary_metric(trials, stage)
-    notes = list(results.notes)
-    if stage == "search":
-        notes.append("No confirmation-stage trials: the verdict below compares search trials, which "
-                      "differ in hyperparameters as well as seeds; treat it as exploratory.")
+    trials, epochs = results.trials, results.epochs
+    meta = getattr(results, "meta", None) or {}
+    margin, notes = equivalence_margin(meta)
+    notes = list(results.notes) + notes
+    conclusion = conclude(trials, epochs, meta, margin_points=margin)
+    metric = conclusion.record["primary_metric"] or primary_metric(trials)
+    if not meta:
+        notes.append("No experiment metadata (config.yaml, data.json) was loaded: data source, sizes and "
+                     "planned replicates are unknown to this report.")
+    if "replicate" not in trials:
+        notes.append("The trials carry no `replicate` column (an older sweep): each arm counts as one "
+                     "replicate, so the activation effect cannot be tested.")
     on_test = sorted(trials.loc[trials["validate_on"] == "test", "experiment"].unique()) \
         if "validate_on" in trials else []
     for name in on_test:
         notes.append(f"`{name}` measured its validation metrics on the test set (validate_on: test), "
                      f"as the original experiment did; nothing was selected on them (no search).")
-    comparisons = pd.concat([compare_arms(trials, m, stage) for m in (metric, "final_gap", "val_loss_rise")],
-                            ignore_index=True)
-    return Report(verdict=verdict(trials, stage), confirm_summary=arm_summary(trials, stage),
-                  comparisons=comparisons, search_summary=search_summary(trials),
-                  importances=param_importances(studies or {}), notes=notes, primary_metric=metric)
+    return Report(
+        verdict=conclusion.claims, confirm_summary=arm_summary(trials), comparisons=conclusion.tests,
+        search_summary=search_summary(trials), importances=param_importances(studies or {}), notes=notes,
+        primary_metric=metric, record=conclusion.record,
+        replicates=replicate_table(trials, metric).drop(columns="_analysis"),
+        configurations=configuration_table(trials, metric).drop(columns="_analysis"),
+        divergence=conclusion.divergence, run_summary=run_summary(trials, epochs),
+        data=describe_data(meta), settings=sweep_settings(meta),
+        expected_best=expected_best_curve(trials), overfitting=overfitting_by_epoch(trials, epochs),
+        margin_points=margin)
 
 
 def _table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -72,27 +100,148 @@ def _environment() -> str:
             f"pandas {pd.__version__}, numpy {numpy.__version__}, scipy {scipy.__version__}).")
 
 
+def _points(v) -> str:
+    return "" if v is None or not np.isfinite(v) else f"{100 * v:+.2f}"
+
+
+def _interval(lo, hi, scale: float = 100, fmt: str = "+.2f", missing: str = "") -> str:
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return missing
+    return f"{scale * lo:{fmt}} to {scale * hi:{fmt}}"
+
+
+def _p_cell(v) -> str:
+    return "" if not np.isfinite(v) else f"{v:.3g}"
+
+
+def _tests_table(tests: pd.DataFrame, level: str) -> pd.DataFrame:
+    """The tests of one level as display strings (differences in points, rho as is)."""
+    t = tests[tests["level"] == level]
+    rows = []
+    for _, r in t.iterrows():
+        scale, fmt = (1, "+.2f") if level == SENSITIVITY else (100, "+.2f")
+        row = {"metric": LABELS.get(r["metric"], r["metric"])}
+        if level == SENSITIVITY:
+            row.update(arm=r["arm_a"], param=r["param"], n=int(r["n"]), rho=f"{r['estimate']:+.2f}"
+                       if np.isfinite(r["estimate"]) else "")
+        elif level == CONFIGURATION:
+            row.update(replicate=int(r["replicate"]), a=r["config_a"], b=r["config_b"],
+                       seeds=f"{int(r['n_a'])} / {int(r['n_b'])}",
+                       **{"a - b (points)": _points(r["estimate"])})
+        else:
+            note = f" ({r['epochs_note']})" if isinstance(r["epochs_note"], str) and r["epochs_note"] else ""
+            row.update(metric=row["metric"] + note, a=r["arm_a"], b=r["arm_b"], replicates=int(r["n"]),
+                       **{"a - b (points)": _points(r["estimate"])})
+        row.update(CI=_interval(r["ci_low"], r["ci_high"], scale, fmt),
+                   level=f"{r['conf_level']:.2%}" if np.isfinite(r["p_value"]) else "",
+                   test=r["test"], p=_p_cell(r["p_value"]), **{"Holm p": _p_cell(r["p_holm"])},
+                   verdict=("significant" if r["significant"] else
+                            "equivalent" if r["equivalent"] else
+                            "not significant" if np.isfinite(r["p_value"]) else f"not tested: {r['reason']}"))
+        if level == ACTIVATION:
+            row["P(a beats b)"] = (f"{r['p_a_better']:.2f} ({r['p_a_better_low']:.2f} to "
+                                   f"{r['p_a_better_high']:.2f})" if np.isfinite(r["p_a_better"]) else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _data_table(report: Report) -> pd.DataFrame:
+    rows = []
+    for name, v in report.data.get("experiments", {}).items():
+        s = report.settings.get(name, {})
+        rows.append({"experiment": name, "source": v["source"], "official CIFAR-10": v["official"],
+                     "train": v["train"], "val": v["val"], "test": v["test"],
+                     "digest": (str(v["digest"])[:16] if v["digest"] else None),
+                     "replicates (planned)": s.get("replicates"), "trials per arm": s.get("trials_per_arm"),
+                     "seeds (planned)": s.get("confirm_seeds")})
+    return pd.DataFrame(rows)
+
+
+def _expected_best_table(curve: pd.DataFrame) -> pd.DataFrame:
+    if curve.empty:
+        return curve
+    big = int(curve["n"].max())
+    ns = sorted({1, 2, 3, 5, 10, 20, 50, big} & set(range(1, big + 1)))
+    c = curve[curve["n"].isin(ns)]
+    cell = c.apply(lambda r: f"{r['expected']:.4f} ± {r['std']:.4f}", axis=1)
+    return c.assign(cell=cell).pivot(index="n", columns="arm", values="cell").reset_index()
+
+
+def _overfitting_table(info: pd.DataFrame) -> pd.DataFrame:
+    if info.empty:
+        return info
+    last = int(info["epoch"].max())
+    step = max(1, last // 8)
+    keep = set(range(step, last + 1, step)) | {1, last}
+    d = info[info["epoch"].isin(keep)]
+    cell = d.apply(lambda r: f"{100 * r['gap_mean']:+.1f} "
+                   f"[{_interval(r['gap_ci_low'], r['gap_ci_high'], fmt='+.1f', missing='no interval')}] "
+                   f"(n={int(r['n'])} {r['unit']}{'s' if r['n'] != 1 else ''})", axis=1)
+    table = d.assign(cell=cell, epoch=d["epoch"].astype(int))
+    table = table.pivot(index="epoch", columns="arm", values="cell")
+    return table.fillna("not trained").reset_index()
+
+
 def render_markdown(report: Report, results: Results, figures: dict[str, str]) -> str:
     t = results.trials
     counts = t.groupby(["experiment", "stage", "status"]).size().rename("trials").reset_index()
+    rec = report.record
+    margin = report.margin_points
     parts = [
         "# SELU vs ReLU: sweep report", "",
         f"Experiments: {', '.join(f'`{n}` ({p})' for n, p in results.experiments.items())}.  ",
         _environment(), "",
         "## Verdict", "",
         *[f"- {line}" for line in report.verdict], "",
-        f"Primary metric: {LABELS[report.primary_metric]} at each trial's final epoch. Intervals are "
-        f"95% t intervals; differences use Welch's t-test (unequal variances) and its 95% CI; "
-        f"effect size is Hedges' g. A difference is called significant only when p < 0.05 (Holm-"
-        f"adjusted across pairs when there are more than two arms) and the CI excludes 0.", "",
-        "## Confirmation: per-arm summary (n, mean, std, 95% CI)", "",
+        f"How to read it. The unit of the activation comparison is the replicate: one whole tuning of "
+        f"an arm (its own search) plus its confirmation seeds, paired across arms by replicate (same "
+        f"sampler seed and data split). Its value is the mean over the replicate's seeds, so it carries "
+        f"the luck of the search as well as seed noise. Arms are compared by a {rec.get('test')} (at "
+        f"least {rec.get('min_replicates')} replicates, and no claim from zero spread); only this level "
+        f"names an activation. The configuration level compares two tuned configurations over seeds "
+        f"within one replicate: it is about those configurations only. The "
+        f"{rec.get('tests_in_family')} test(s) in this report are Holm-adjusted together "
+        f"(alpha={rec.get('alpha')}); each interval is drawn at its Holm step's level, so it excludes 0 "
+        f"exactly when the adjusted p < alpha. A difference whose interval lies within ±{margin:g} "
+        f"point{'s' if margin != 1 else ''} (analysis.equivalence_margin) is reported as equivalent. "
+        f"Diverged runs are counted apart and left out of accuracy means. Primary metric: "
+        f"{LABELS[report.primary_metric]} at each run's final epoch. Machine-readable: verdict.json.", "",
+        "## What was run", "",
+        _table(_data_table(report)), "",
+        _table(report.run_summary, ".3f"), "",
+        "Epochs trained and compute hours (sum of each epoch's `epoch_seconds`) count every trial of "
+        "both stages. `auto` initializer = lecun_normal for selu, glorot_uniform otherwise.", "",
+        "## Activation level (unit: replicate)", "",
+        _table(_tests_table(report.comparisons, ACTIVATION)), "",
+        "Replicate means (each the mean over that replicate's finished seeds):", "",
+        _table(report.replicates), "",
+        "## Configuration level (unit: seed, within one replicate)", "",
+        "These compare the tuned configurations (named by lr and epochs) over seed noise only: a "
+        "difference here can come from the search's luck, so it says nothing about the activations.", "",
+        _table(_tests_table(report.comparisons, CONFIGURATION)), "",
+        _table(report.configurations), "",
+        "## Per-arm summary (finished runs; intervals within each metric's range)", "",
         _table(report.confirm_summary), "",
-        "## Pairwise comparisons (a - b)", "",
-        _table(report.comparisons.drop(columns=["t"])), "",
+        "## Overfitting", "",
+        "Generalization gap = train-eval accuracy (inference mode, on a fixed training sample the "
+        "size of the validation split) - val accuracy; older runs fall back to running train "
+        "accuracy (see the verdict). Gap in points [95% CI] at matched epochs (every epoch: "
+        "overfitting_by_epoch.csv, with val loss and val accuracy):", "",
+        _table(_overfitting_table(report.overfitting)), "",
+        "## Diverged runs", "",
+        _table(report.divergence), "",
+        "Diverged runs are outcomes, counted here with an exact (Clopper-Pearson) 95% interval of the "
+        "rate, and left out of every accuracy mean and test.", "",
         "## Search stage", "",
         _table(report.search_summary), "",
-        "Spearman correlations are of final val_accuracy with log10(lr) and with epochs, over "
-        "finished trials: a measure of sensitivity, not of cause.", "",
+        "Sensitivity (Spearman of final val accuracy with log10(lr) and with epochs over finished "
+        "search trials, all replicates pooled; exact p for n <= 9, permutation p above; rho intervals "
+        "by Fisher z, approximate): a measure of sensitivity, not of cause.", "",
+        _table(_tests_table(report.comparisons, SENSITIVITY)), "",
+        "Expected best validation accuracy against the number of search trials (Dodge et al. 2019, "
+        "exact over the empirical distribution of each arm's search trials, all replicates pooled; "
+        "mean ± std). Trials of an adaptive search are not independent draws: read it as descriptive.", "",
+        _table(_expected_best_table(report.expected_best)), "",
         "### Parameter importance (Optuna)", "",
         _table(report.importances), "",
         "## Trials by status", "",
@@ -121,6 +270,9 @@ def draw_figures(results: Results, report: Report, out: Path) -> dict[str, str]:
         "overfitting": plots.plot_overfitting(results.trials, stage),
         "search_progress": plots.plot_search_progress(results.trials),
         "param_importance": plots.plot_param_importance(report.importances),
+        "replicate_means": plots.plot_replicate_means(report.replicates, LABELS[report.primary_metric]),
+        "overfitting_by_epoch": plots.plot_overfitting_by_epoch(report.overfitting),
+        "expected_best": plots.plot_expected_best(report.expected_best),
     }
     paths = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -134,17 +286,19 @@ def draw_figures(results: Results, report: Report, out: Path) -> dict[str, str]:
     return paths
 
 
-def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> dict[str, str]:
-    """Load ``paths``, write the report files into ``out``; returns {kind: path}."""
-    results = load_results(paths)
-    report = build_report(results, load_studies(results))
+def save_report(results: Results, out: str | os.PathLike, studies: dict | None = None) -> dict[str, str]:
+    """Build the report of already loaded ``results`` and write every file into ``out``."""
+    report = build_report(results, studies)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(results, report, out)
     written = {"trials_csv": out / "trials.csv", "epochs_csv": out / "epochs.csv",
-               "md": out / "report.md", "html": out / "report.html"}
+               "tests_csv": out / "tests.csv", "overfitting_csv": out / "overfitting_by_epoch.csv",
+               "md": out / "report.md", "html": out / "report.html", "verdict_json": out / "verdict.json"}
     results.trials.to_csv(written["trials_csv"], index=False)
     results.epochs.to_csv(written["epochs_csv"], index=False)
+    report.comparisons.to_csv(written["tests_csv"], index=False)
+    report.overfitting.to_csv(written["overfitting_csv"], index=False)
     try:
         results.trials.to_parquet(out / "trials.parquet", index=False)
         results.epochs.to_parquet(out / "epochs.parquet", index=False)
@@ -154,4 +308,11 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> dict
     markdown = render_markdown(report, results, figures)
     written["md"].write_text(markdown)
     written["html"].write_text(render_html(markdown, figures))
+    written["verdict_json"].write_text(json.dumps(report.record, indent=2, allow_nan=False) + "\n")
     return {k: str(v) for k, v in {**written, **figures}.items()}
+
+
+def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> dict[str, str]:
+    """Load ``paths``, write the report files into ``out``; returns {kind: path}."""
+    results = load_results(paths)
+    return save_report(results, out, load_studies(results))

@@ -1,15 +1,19 @@
-"""Statistics of the comparison: per-arm summaries, pairwise Welch tests, a plain-words verdict.
+"""Statistical building blocks of the comparison, vectorised over many tests at once.
 
-Everything takes and returns DataFrames; the statistics are scipy.stats (t intervals, Welch's
-t-test and its confidence interval, Spearman correlation), not hand-written formulas, except
-Hedges' g and the Holm adjustment, which scipy does not provide.
+Distributions come from scipy.stats (t, beta, the permutation test); the small formulas on top
+(Welch's standard error and degrees of freedom from group moments, Holm's step-down, the exact
+Spearman null by enumeration, Dodge et al.'s expected maximum) are written out because scipy has
+no batched form of them. ``tests/analysis/test_stats.py`` checks each against scipy's own.
+
+The decision rule that uses them (which tests, at which level, who wins) is
+:mod:`analysis.decision`; per-arm summaries are here.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import warnings
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -17,209 +21,317 @@ from scipy import stats
 
 CONFIDENCE = 0.95
 ALPHA = 0.05
-SUMMARY_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy", "final_gap",
-                   "val_loss_rise")
+MIN_SPEARMAN_N = 5        # fewer points: no rank test
+EXACT_SPEARMAN_MAX_N = 9  # up to 9! = 362,880 orderings: the exact null by enumeration
+PERMUTATIONS = 9999       # above that: scipy.stats.permutation_test with this many resamples
+BOUNDS = {"final_test_accuracy": (0.0, 1.0), "final_val_accuracy": (0.0, 1.0),
+          "best_val_accuracy": (0.0, 1.0), "final_gap": (-1.0, 1.0), "gap_matched_epoch": (-1.0, 1.0),
+          "val_loss_rise": (0.0, math.inf), "best_epoch": (1.0, math.inf),
+          "min_val_loss_epoch": (1.0, math.inf)}
 LABELS = {"final_test_accuracy": "test accuracy", "final_val_accuracy": "validation accuracy",
           "best_val_accuracy": "best-epoch validation accuracy", "final_gap": "generalization gap",
-          "val_loss_rise": "val-loss rise"}
+          "gap_matched_epoch": "generalization gap at matched epochs", "val_loss_rise": "val-loss rise",
+          "best_epoch": "epoch of best val accuracy", "min_val_loss_epoch": "epoch of minimum val loss"}
+SUMMARY_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy", "final_gap",
+                   "val_loss_rise", "best_epoch", "min_val_loss_epoch")
+USABLE = ("finished", "diverged")  # ran to their planned end; diverged ones are outcomes, counted apart
 
 
-def _values(trials: pd.DataFrame, arm: str, metric: str) -> np.ndarray:
-    v = trials.loc[trials["arm"] == arm, metric].astype(float).to_numpy()
-    return v[np.isfinite(v)]
+# --------------------------------------------------------------------------- intervals and tests
+
+def t_interval(mean, sd, n, confidence: float = CONFIDENCE, bounds=(-math.inf, math.inf)):
+    """t interval of a mean from (mean, sd, n), truncated to ``bounds`` (the parameter cannot lie
+    outside them, so truncation only removes impossible values). NaN where n < 2 or sd is 0:
+    no spread is no estimate of error."""
+    mean, sd, n = (np.asarray(v, dtype=float) for v in (mean, sd, n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ok = (n >= 2) & (sd > 0)
+        half = stats.t.ppf(0.5 + confidence / 2, np.where(ok, n - 1, 1)) * sd / np.sqrt(np.where(ok, n, 1))
+    lo = np.where(ok, np.clip(mean - half, *bounds), np.nan)
+    hi = np.where(ok, np.clip(mean + half, *bounds), np.nan)
+    return lo, hi
 
 
-def _stage_trials(trials: pd.DataFrame, stage: str) -> pd.DataFrame:
-    """Trials of ``stage`` that ran to their planned end (diverged ones count: they are outcomes)."""
-    t = trials[trials["stage"] == stage]
-    return t[t["status"].isin(["finished", "diverged"])]
+def welch(mean_a, var_a, n_a, mean_b, var_b, n_b):
+    """Welch's unequal-variance t-test from group moments: (diff, se, df, t, p two-sided)."""
+    mean_a, var_a, n_a, mean_b, var_b, n_b = (np.asarray(v, dtype=float)
+                                              for v in (mean_a, var_a, n_a, mean_b, var_b, n_b))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        va, vb = var_a / n_a, var_b / n_b
+        se = np.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+        diff = mean_a - mean_b
+        t = diff / se
+        p = 2 * stats.t.sf(np.abs(t), df)
+    return diff, se, df, t, p
+
+
+def paired_t(mean_d, sd_d, n):
+    """One-sample t-test of paired differences against 0: (se, df, t, p two-sided)."""
+    mean_d, sd_d, n = (np.asarray(v, dtype=float) for v in (mean_d, sd_d, n))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        se = sd_d / np.sqrt(n)
+        t = mean_d / se
+        df = n - 1
+        p = 2 * stats.t.sf(np.abs(t), df)
+    return se, df, t, p
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN: an untested hypothesis is not counted)."""
+    adjusted, _ = holm_levels(p_values)
+    return adjusted
+
+
+def holm_levels(p_values, alpha: float = ALPHA, groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """Holm-adjusted p-values and, per test, the significance level its interval must use so that
+    the interval excludes 0 exactly when the adjusted p < ``alpha``.
+
+    Sorted p_(1) <= ... <= p_(m): Holm rejects while p_(j) < alpha / (m - j + 1). A test at rank j
+    before the first acceptance s gets level alpha / (m - j + 1); from s on every test gets
+    alpha / (m - s + 1), stricter than its own step, so none of them can exclude 0. ``groups``
+    (one label per test) runs independent families side by side; NaN p-values are not tested.
+    """
+    p = np.asarray(p_values, dtype=float)
+    g = np.zeros(len(p), dtype=np.int64) if groups is None else pd.factorize(np.asarray(groups))[0]
+    adjusted = np.full(len(p), np.nan)
+    levels = np.full(len(p), np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    if not len(ok):
+        return adjusted, levels
+    order = ok[np.lexsort((p[ok], g[ok]))]
+    gs = pd.Series(g[order])
+    rank = gs.groupby(gs).cumcount().to_numpy()           # 0-based rank within the family
+    m = gs.map(gs.value_counts()).to_numpy()
+    adj = pd.Series(np.minimum(1.0, (m - rank) * p[order])).groupby(gs.to_numpy()).cummax().to_numpy()
+    accepted_rank = pd.Series(np.where(adj >= alpha, rank, np.iinfo(np.int64).max))
+    first_accept = accepted_rank.groupby(gs.to_numpy()).transform("min").to_numpy()
+    adjusted[order] = adj
+    levels[order] = alpha / (m - np.minimum(rank, first_accept))
+    return adjusted, levels
+
+
+def clopper_pearson(k_low, k_high, n, confidence: float = CONFIDENCE):
+    """Exact binomial interval: lower bound from ``k_low`` successes, upper from ``k_high``
+    (ties counted as losses for the lower bound and as wins for the upper). Always within [0, 1]."""
+    k_low, k_high, n = (np.asarray(v, dtype=float) for v in (k_low, k_high, n))
+    a = (1 - np.asarray(confidence, dtype=float)) / 2
+    with np.errstate(invalid="ignore"):
+        lo = np.where(k_low > 0, stats.beta.ppf(a, k_low, n - k_low + 1), 0.0)
+        hi = np.where(k_high < n, stats.beta.ppf(1 - a, k_high + 1, n - k_high), 1.0)
+    bad = ~(n > 0)
+    return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
+
+
+# --------------------------------------------------------------------------- Spearman, exact
+
+@lru_cache(maxsize=EXACT_SPEARMAN_MAX_N + 1)
+def _orderings(n: int) -> np.ndarray:
+    """All n! orderings of range(n) (9! x 9 int8: 3.3 MB)."""
+    return np.array(list(itertools.permutations(range(n))), dtype=np.int8)
+
+
+@lru_cache(maxsize=EXACT_SPEARMAN_MAX_N + 1)
+def _untied_null(n: int) -> np.ndarray:
+    """Sorted null distribution of sum(rx * ry) for untied ranks 1..n (shared by every such test)."""
+    r = np.arange(1, n + 1, dtype=float)
+    return np.sort(r[_orderings(n)] @ r)
+
+
+def _rho(xr: np.ndarray, yr: np.ndarray) -> np.ndarray:
+    xc = xr - xr.mean(-1, keepdims=True)
+    yc = yr - yr.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(-1) / np.sqrt((xc ** 2).sum(-1) * (yc ** 2).sum(-1))
+
+
+_RTOL = np.finfo(float).eps * 100  # scipy.stats.permutation_test's tolerance for equal statistics
+
+
+def _two_sided(null: np.ndarray, observed, adjustment: int = 0):
+    """scipy.stats.permutation_test's two-sided p: 2 * min(P(null <= obs), P(null >= obs)),
+    clipped to 1; ``adjustment`` = 1 for a random (not exact) null, as scipy does."""
+    obs = np.atleast_1d(np.asarray(observed, dtype=float))
+    gamma = np.abs(_RTOL * obs)
+    ge = ((null[None, :] >= (obs - gamma)[:, None]).sum(1) + adjustment) / (len(null) + adjustment)
+    le = ((null[None, :] <= (obs + gamma)[:, None]).sum(1) + adjustment) / (len(null) + adjustment)
+    return np.minimum(1.0, 2 * np.minimum(ge, le))
+
+
+def _exact_spearman_p(xr: np.ndarray, yr: np.ndarray) -> float:
+    n = len(xr)
+    if len(np.unique(xr)) == n and len(np.unique(yr)) == n:
+        null = _untied_null(n)
+        observed = float(xr @ yr)
+    else:  # ties: the null depends on the tie pattern; enumerate this pair's orderings
+        null = xr[_orderings(n)] @ yr
+        observed = float(xr @ yr)
+    return float(_two_sided(null, observed)[0])
+
+
+def spearman_batch(x: np.ndarray, y: np.ndarray, rng: int = 0) -> tuple[np.ndarray, np.ndarray, str]:
+    """Spearman's rho and its two-sided p for each row of ``x``/``y`` (same length n per call).
+
+    n <= 9: exact, by enumerating all n! pairings (ties included). n > 9:
+    ``scipy.stats.permutation_test`` (pairings, 9,999 resamples). Returns (rho, p, test name).
+    """
+    x, y = np.atleast_2d(np.asarray(x, float)), np.atleast_2d(np.asarray(y, float))
+    n = x.shape[1]
+    xr, yr = stats.rankdata(x, axis=1), stats.rankdata(y, axis=1)
+    rho = _rho(xr, yr)
+    if n <= EXACT_SPEARMAN_MAX_N:
+        p = np.array([_exact_spearman_p(a, b) for a, b in zip(xr, yr)])
+        return rho, p, f"Spearman, exact permutation p (all {math.factorial(n):,} orderings)"
+    xc, yc = xr - xr.mean(1, keepdims=True), yr - yr.mean(1, keepdims=True)
+    p = np.empty(len(x))
+    untied = (np.sort(xr, 1) == np.arange(1, n + 1)).all(1) & (np.sort(yr, 1) == np.arange(1, n + 1)).all(1)
+    # Rows without ties share one null distribution (that of ranks 1..n): draw it once and read
+    # each row's p-value off it with permutation_test's own conventions; tied rows get their own.
+    if untied.any():
+        r = np.arange(1, n + 1, dtype=float) - (n + 1) / 2
+        null = np.ravel(_permutation_test(r[None], r[None], n, rng).null_distribution)
+        p[untied] = _two_sided(null, (xc[untied] * yc[untied]).sum(1), adjustment=1)
+    if (~untied).any():
+        p[~untied] = np.atleast_1d(_permutation_test(xc[~untied], yc[~untied], n, rng).pvalue)
+    return rho, p, f"Spearman, permutation p ({PERMUTATIONS:,} resamples)"
+
+
+def _permutation_test(xc: np.ndarray, yc: np.ndarray, n: int, rng: int):
+    return stats.permutation_test((xc, yc), lambda a, b, axis=-1: (a * b).sum(axis), vectorized=True,
+                                  permutation_type="pairings", n_resamples=PERMUTATIONS, axis=1,
+                                  batch=max(1, 2_000_000 // (n * len(xc))), rng=rng)
+
+
+def spearman_test(x, y) -> tuple[float, float, str]:
+    """Spearman's rho of two 1-d samples with an exact (n <= 9) or permutation p-value."""
+    rho, p, name = spearman_batch(np.asarray(x, float)[None], np.asarray(y, float)[None])
+    return float(rho[0]), float(p[0]), name
+
+
+def fisher_z_interval(rho, n, confidence=CONFIDENCE):
+    """Approximate interval of Spearman's rho: Fisher z with Bonett & Wright's (2000) variance
+    (1 + rho^2 / 2) / (n - 3). Within [-1, 1] by construction."""
+    rho, n, confidence = (np.asarray(v, dtype=float) for v in (rho, n, confidence))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.arctanh(np.clip(rho, -0.999999, 0.999999))
+        half = stats.norm.ppf(0.5 + confidence / 2) * np.sqrt((1 + rho ** 2 / 2) / (n - 3))
+        ok = n > 3
+    return np.where(ok, np.tanh(z - half), np.nan), np.where(ok, np.tanh(z + half), np.nan)
+
+
+# --------------------------------------------------------------------------- expected max (Dodge)
+
+def expected_max(values, n_max: int | None = None, ns=None) -> pd.DataFrame:
+    """Expected best of n draws (with replacement) from the empirical distribution of ``values``
+    (Dodge et al. 2019, "Show your work"): with v_(1) <= ... <= v_(N),
+    E[max_n] = sum_i v_(i) [(i/N)^n - ((i-1)/N)^n], exactly; ``std`` is sqrt(E[max^2] - E[max]^2).
+    One row per n = 1..n_max (default N), or per n in ``ns``."""
+    v = np.sort(np.asarray(values, dtype=float))
+    v = v[np.isfinite(v)]
+    big_n = len(v)
+    if big_n == 0:
+        return pd.DataFrame(columns=["n", "expected", "std"])
+    ns = np.arange(1, (n_max or big_n) + 1) if ns is None else np.asarray(ns, dtype=int)
+    i = np.arange(1, big_n + 1)
+    w = (i[None, :] / big_n) ** ns[:, None] - ((i[None, :] - 1) / big_n) ** ns[:, None]
+    mean = w @ v
+    var = np.maximum(w @ v ** 2 - mean ** 2, 0.0)
+    return pd.DataFrame({"n": ns, "expected": mean, "std": np.sqrt(var)})
+
+
+def expected_best_curve(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: expected best search validation accuracy against the number of trials, from every
+    search trial's final val accuracy (stopped early ones count with the value they stopped at:
+    that is what the search saw). Columns arm, n, expected, std, pool (trials in the pool); every n
+    up to 100, then 60 log-spaced values up to the pool size."""
+    t = trials[trials["stage"] == "search"]
+    rows = []
+    for arm, d in t.groupby("arm", sort=True):
+        v = pd.to_numeric(d["final_val_accuracy"], errors="coerce").dropna().to_numpy(float)
+        if len(v):
+            ns = None if len(v) <= 100 else np.unique(np.r_[np.arange(1, 101),
+                                                             np.geomspace(100, len(v), 60).round()])
+            rows.append(expected_max(v, ns=ns).assign(arm=arm, pool=len(v)))
+    if not rows:
+        return pd.DataFrame(columns=["arm", "n", "expected", "std", "pool"])
+    return pd.concat(rows, ignore_index=True)[["arm", "n", "expected", "std", "pool"]]
+
+
+# --------------------------------------------------------------------------- per-arm summaries
+
+def _replicates(t: pd.DataFrame) -> pd.Series:
+    return t["replicate"].fillna(0).astype(int) if "replicate" in t else pd.Series(0, index=t.index)
 
 
 def primary_metric(trials: pd.DataFrame, stage: str = "confirm") -> str:
     """Test accuracy where the stage measured it, else final validation accuracy."""
-    t = _stage_trials(trials, stage)
+    t = trials[(trials["stage"] == stage) & trials["status"].isin(USABLE)]
     return "final_test_accuracy" if "final_test_accuracy" in t and t["final_test_accuracy"].notna().any() \
         else "final_val_accuracy"
 
 
 def arm_summary(trials: pd.DataFrame, stage: str = "confirm", metrics=SUMMARY_METRICS,
                 confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Per arm and metric: n, mean, std and a t confidence interval of the mean."""
-    t = _stage_trials(trials, stage)
+    """Per arm and metric, over finished (not diverged) runs of ``stage``: the mean, and its t
+    interval at the level the data support, truncated to the metric's range.
+
+    With 2+ replicates the unit is the replicate (the mean of its seeds): the interval includes
+    the luck of each replicate's search. With one replicate it is over seeds and says so
+    (``level`` = "seeds (1 replicate)"): it then covers seed noise only, for that configuration.
+    """
+    t = trials[(trials["stage"] == stage) & (trials["status"] == "finished")]
+    t = t.assign(replicate=_replicates(t))
     rows = []
-    for arm in sorted(t["arm"].unique()):
-        for metric in metrics:
-            if metric not in t:
-                continue
-            v = _values(t, arm, metric)
-            n = len(v)
-            if n == 0:
-                continue
-            mean = float(v.mean())
-            std = float(v.std(ddof=1)) if n > 1 else math.nan
-            if n > 1 and std > 0:
-                lo, hi = stats.t.interval(confidence, n - 1, loc=mean, scale=stats.sem(v))
-            elif n > 1:
-                lo = hi = mean
-            else:
-                lo = hi = math.nan
-            rows.append({"arm": arm, "metric": metric, "n": n, "mean": mean, "std": std,
-                         "ci_low": float(lo), "ci_high": float(hi), "interval": f"t, {confidence:.0%}"})
-    return pd.DataFrame(rows, columns=["arm", "metric", "n", "mean", "std", "ci_low", "ci_high", "interval"])
-
-
-def _hedges_g(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = len(a), len(b)
-    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    if pooled == 0:
-        return math.nan
-    correction = 1 - 3 / (4 * (na + nb) - 9)
-    return float((a.mean() - b.mean()) / pooled * correction)
-
-
-def holm(p_values) -> np.ndarray:
-    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
-    p = np.asarray(p_values, dtype=float)
-    out = np.full_like(p, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = len(ok)
-    running = 0.0
-    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
-
-
-def compare_arms(trials: pd.DataFrame, metric: str, stage: str = "confirm",
-                 confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Every pair of arms on ``metric``: difference of means (a - b) with its Welch CI, Welch's
-    t-test p-value (Holm-adjusted across the pairs), and Hedges' g."""
-    t = _stage_trials(trials, stage)
-    arms = sorted(t["arm"].unique())
-    rows = []
-    for a, b in itertools.combinations(arms, 2):
-        va, vb = _values(t, a, metric), _values(t, b, metric)
-        row = {"metric": metric, "arm_a": a, "arm_b": b, "n_a": len(va), "n_b": len(vb),
-               "mean_a": va.mean() if len(va) else math.nan, "mean_b": vb.mean() if len(vb) else math.nan,
-               "diff": math.nan, "ci_low": math.nan, "ci_high": math.nan, "t": math.nan,
-               "df": math.nan, "p_value": math.nan, "hedges_g": math.nan, "test": "Welch t-test"}
-        if len(va) and len(vb):
-            row["diff"] = row["mean_a"] - row["mean_b"]
-        if len(va) >= 2 and len(vb) >= 2:
-            if va.var() == 0 and vb.var() == 0:
-                # No spread at all: equal means are no evidence of a difference; unequal are certain.
-                same = va[0] == vb[0]
-                row.update(p_value=1.0 if same else 0.0, ci_low=row["diff"], ci_high=row["diff"])
-            else:
-                with warnings.catch_warnings():  # near-identical samples: precision notice only
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    res = stats.ttest_ind(va, vb, equal_var=False)
-                ci = res.confidence_interval(confidence)
-                row.update(t=float(res.statistic), df=float(res.df), p_value=float(res.pvalue),
-                           ci_low=float(ci.low), ci_high=float(ci.high), hedges_g=_hedges_g(va, vb))
-        rows.append(row)
-    df = pd.DataFrame(rows, columns=["metric", "arm_a", "arm_b", "n_a", "n_b", "mean_a", "mean_b", "diff",
-                                     "ci_low", "ci_high", "t", "df", "p_value", "hedges_g", "test"])
-    df["p_holm"] = holm(df["p_value"]) if len(df) else []
-    return df
-
-
-def significant(row, alpha: float = ALPHA) -> bool:
-    p = row["p_holm"] if "p_holm" in row and np.isfinite(row["p_holm"]) else row["p_value"]
-    return bool(np.isfinite(p) and p < alpha and (row["ci_low"] > 0 or row["ci_high"] < 0))
-
-
-def _n_text(row) -> str:
-    if row["n_a"] == row["n_b"]:
-        return f"n={row['n_a']} seed{'s' if row['n_a'] != 1 else ''} each"
-    return f"n={row['n_a']} and {row['n_b']} seeds"
-
-
-def _p_text(row, pairs: int) -> str:
-    if pairs > 1:
-        return f"Welch p={row['p_value']:.3g}, Holm-adjusted p={row['p_holm']:.3g} over {pairs} pairs"
-    return f"Welch p={row['p_value']:.3g}"
-
-
-def verdict(trials: pd.DataFrame, stage: str = "confirm", alpha: float = ALPHA) -> list[str]:
-    """Plain-words conclusions that never outrun the evidence: one sentence per arm pair for the
-    primary metric, and one for overfitting (generalization gap)."""
-    t = _stage_trials(trials, stage)
-    if t.empty:
-        return [f"No finished {stage}-stage trials: nothing to conclude yet."]
-    if t["arm"].nunique() < 2:
-        return [f"Only one arm ({t['arm'].iloc[0]}) has finished {stage}-stage trials: nothing to compare."]
-    metric = primary_metric(trials, stage)
-    label = LABELS[metric]
-    out = []
-    comp = compare_arms(trials, metric, stage)
-    gaps = compare_arms(trials, "final_gap", stage)
-    for (_, row), (_, gap) in zip(comp.iterrows(), gaps.iterrows()):
-        a, b = row["arm_a"], row["arm_b"]
-        if row["n_a"] < 2 or row["n_b"] < 2:
-            out.append(f"Cannot test {a} vs {b} on {label}: {_n_text(row)} (at least 2 per arm needed); "
-                       f"observed {row['mean_a']:.4f} vs {row['mean_b']:.4f}.")
+    for metric in metrics:
+        if metric not in t:
             continue
-        ci = f"95% CI {100 * row['ci_low']:.1f} to {100 * row['ci_high']:.1f}"
-        if significant(row, alpha):
-            win, lose = (a, b) if row["diff"] > 0 else (b, a)
-            lo, hi = sorted((abs(100 * row["ci_low"]), abs(100 * row["ci_high"])))
-            sentence = (f"{win} beats {lose} on {label} by {abs(100 * row['diff']):.1f} points "
-                        f"(95% CI {lo:.1f} to {hi:.1f}, {_p_text(row, len(comp))}, {_n_text(row)}; "
-                        f"Hedges' g={abs(row['hedges_g']):.2f}).")
-        else:
-            sentence = (f"No significant difference in {label} between {a} and {b} at {_n_text(row)} "
-                        f"({a} - {b} = {100 * row['diff']:+.1f} points, {ci}, {_p_text(row, len(comp))}).")
-        gap_ci = (f"{a} - {b} = {gap['diff']:+.3f}, 95% CI {gap['ci_low']:+.3f} to {gap['ci_high']:+.3f}, "
-                  f"{_p_text(gap, len(gaps))}, {_n_text(gap)}")
-        if significant(gap, alpha):
-            first = gap["diff"] > 0
-            more, less = (a, b) if first else (b, a)
-            g_more, g_less = (gap["mean_a"], gap["mean_b"]) if first else (gap["mean_b"], gap["mean_a"])
-            sentence += f" {more} overfits more: train-val gap {g_more:.3f} vs {g_less:.3f} ({gap_ci})."
-        elif np.isfinite(gap["p_value"]):
-            sentence += (f" Overfitting (train-val gap) is not significantly different: "
-                         f"{gap['mean_a']:.3f} vs {gap['mean_b']:.3f} ({gap_ci}).")
-        out.append(sentence)
-    configs = _config_text(t)
-    if configs:
-        out.append(f"Each arm is compared at its own configuration ({configs}); differences in "
-                   f"overfitting partly reflect the training length each arm's search chose.")
+        values = t.assign(v=pd.to_numeric(t[metric], errors="coerce")).dropna(subset=["v"])
+        if values.empty:
+            continue
+        reps = values.groupby(["arm", "replicate"])["v"].agg(["mean", "size"]).reset_index()
+        for arm, r in reps.groupby("arm"):
+            seeds = values.loc[values["arm"] == arm, "v"]
+            if len(r) >= 2:
+                unit, v = f"replicates ({len(r)})", r["mean"]
+            else:
+                unit, v = "seeds (1 replicate)", seeds
+            mean, sd = float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
+            lo, hi = t_interval(mean, sd, len(v), confidence, BOUNDS.get(metric, (-math.inf, math.inf)))
+            rows.append({"arm": arm, "metric": metric, "replicates": len(r), "seeds": len(seeds),
+                         "level": unit, "mean": mean, "std": sd, "ci_low": float(lo), "ci_high": float(hi)})
+    return pd.DataFrame(rows, columns=["arm", "metric", "replicates", "seeds", "level", "mean", "std",
+                                       "ci_low", "ci_high"])
+
+
+def divergence(trials: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per arm and stage: runs that ran to their end (finished or diverged), how many diverged,
+    the rate and its exact (Clopper-Pearson) interval."""
+    t = trials[trials["status"].isin(USABLE)]
+    g = t.groupby(["arm", "stage"])["status"]
+    out = pd.DataFrame({"runs": g.size(), "diverged": g.apply(lambda s: int((s == "diverged").sum()))})
+    out = out.reset_index()
+    out["rate"] = out["diverged"] / out["runs"]
+    lo, hi = clopper_pearson(out["diverged"], out["diverged"], out["runs"], confidence)
+    out["ci_low"], out["ci_high"] = lo, hi
     return out
-
-
-def _config_text(t: pd.DataFrame) -> str:
-    """'relu: lr 2.69e-03, 30 epochs; selu: ...' when the arms' configs differ, else ''."""
-    if not {"lr", "epochs"} <= set(t.columns):
-        return ""
-    per_arm = t.groupby("arm")[["lr", "epochs"]].first()
-    if len(per_arm.drop_duplicates()) <= 1:
-        return ""
-    return "; ".join(f"{arm}: lr {row['lr']:.3g}, {int(row['epochs'])} epochs"
-                     for arm, row in per_arm.iterrows())
 
 
 def search_summary(trials: pd.DataFrame, top_k: int = 3) -> pd.DataFrame:
-    """Search stage per arm: trial counts by status, best and top-k final val_accuracy, and the
-    Spearman correlation of final val_accuracy with log learning rate and with epochs."""
+    """Search stage per arm: trial counts by status and replicates, best and top-k final
+    val_accuracy (per replicate, averaged over replicates)."""
     t = trials[trials["stage"] == "search"]
+    t = t.assign(replicate=_replicates(t))
     rows = []
     for arm in sorted(t["arm"].unique()):
         a = t[t["arm"] == arm]
-        done = a[a["status"] == "finished"]
-        scores = done["final_val_accuracy"].astype(float).sort_values(ascending=False)
-        row = {"arm": arm, "trials": len(a), **{s: int((a["status"] == s).sum())
-                                                for s in ("finished", "stopped_early", "diverged",
-                                                          "failed", "incomplete")},
-               "best_val_accuracy": scores.iloc[0] if len(scores) else math.nan,
-               f"top{top_k}_mean_val_accuracy": scores.head(top_k).mean() if len(scores) else math.nan}
-        for param in ("lr", "epochs"):
-            x, y = done[param].astype(float), done["final_val_accuracy"].astype(float)
-            if len(done) >= 5 and x.nunique() > 1 and y.nunique() > 1:  # fewer: no meaningful rank test
-                rho, p = stats.spearmanr(np.log10(x) if param == "lr" else x, y)
-                row[f"spearman_{param}"], row[f"spearman_{param}_p"] = float(rho), float(p)
-            else:
-                row[f"spearman_{param}"] = row[f"spearman_{param}_p"] = math.nan
+        done = a[a["status"] == "finished"].assign(v=lambda d: d["final_val_accuracy"].astype(float))
+        per_rep = done.groupby("replicate")["v"]
+        row = {"arm": arm, "replicates": a["replicate"].nunique(), "trials": len(a),
+               **{s: int((a["status"] == s).sum())
+                  for s in ("finished", "stopped_early", "diverged", "failed", "incomplete")},
+               "best_val_accuracy": per_rep.max().mean() if len(done) else math.nan,
+               f"top{top_k}_mean_val_accuracy":
+                   per_rep.apply(lambda s: s.nlargest(top_k).mean()).mean() if len(done) else math.nan}
         rows.append(row)
     return pd.DataFrame(rows)
 

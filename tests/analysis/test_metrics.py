@@ -5,17 +5,23 @@ import math
 import pandas as pd
 import pytest
 
-from analysis.metrics import trial_metrics
+from analysis.metrics import epoch_gap, trial_metrics
 
 
-def _curve(trial_id, val_acc, val_loss, train_acc, test_acc=None, diverged=None):
+def _curve(trial_id, val_acc, val_loss, train_acc, test_acc=None, diverged=None, train_eval=None,
+           seconds=None):
     n = len(val_acc)
-    return pd.DataFrame({
+    df = pd.DataFrame({
         "experiment": "e", "stage": "confirm", "trial_id": trial_id, "arm": "relu",
         "epoch": [float(i + 1) for i in range(n)], "val_accuracy": val_acc, "val_loss": val_loss,
         "train_accuracy": train_acc, "test_accuracy": test_acc or [None] * n,
         "diverged": diverged or [0.0] * n,
     })
+    if train_eval is not None:
+        df["train_eval_accuracy"] = train_eval
+    if seconds is not None:
+        df["epoch_seconds"] = seconds
+    return df
 
 
 def test_overfitting_curve_metrics_match_hand_computation():
@@ -57,3 +63,25 @@ def test_trials_are_kept_apart():
 
 def test_empty_input_gives_an_empty_table():
     assert trial_metrics(pd.DataFrame(columns=["experiment", "stage", "trial_id", "epoch"])).empty
+
+
+def test_gap_uses_train_eval_accuracy_when_measured():
+    """The gap compares like with like: inference-mode train accuracy minus val accuracy."""
+    epochs = _curve("e", [0.5, 0.6], [1.2, 1.1], train_acc=[0.55, 0.70], train_eval=[0.58, 0.75],
+                    seconds=[3.0, 4.5])
+    m = trial_metrics(epochs).iloc[0]
+    assert m["final_gap"] == pytest.approx(0.15) and m["gap_source"] == "train_eval"
+    assert m["final_train_eval_accuracy"] == 0.75 and m["compute_seconds"] == 7.5
+
+
+def test_gap_falls_back_to_running_train_accuracy_and_says_so():
+    m = trial_metrics(_curve("f", [0.5, 0.6], [1.2, 1.1], train_acc=[0.55, 0.70])).iloc[0]
+    assert m["final_gap"] == pytest.approx(0.10) and m["gap_source"] == "train_running"
+    assert math.isnan(m["final_train_eval_accuracy"]) and math.isnan(m["compute_seconds"])
+
+
+def test_epoch_gap_mixes_sources_row_by_row():
+    epochs = _curve("g", [0.5, 0.6], [1.2, 1.1], train_acc=[0.55, 0.70], train_eval=[float("nan"), 0.8])
+    g = epoch_gap(epochs)
+    assert list(g["gap_source"]) == ["train_running", "train_eval"]
+    assert g["gap"].tolist() == pytest.approx([0.05, 0.2])

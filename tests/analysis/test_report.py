@@ -1,22 +1,107 @@
-"""analysis/report.py: every report file is written; the HTML is self-contained; the CLI works."""
+"""analysis/report.py: every report file is written; report.md, report.html and verdict.json say
+the same thing; the report says what was run; the CLI works."""
 
 from __future__ import annotations
 
+import html as html_lib
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from analysis.report import write_report
+from analysis.load import Results
+from analysis.report import build_report, save_report, write_report
+from analysis.simulate import simulate
+
+META = {"sim": {"config": {"search": {"replicates": 5, "num_samples": 12}, "confirm": {"seeds": 5},
+                           "analysis": {"equivalence_margin": 1.0}, "data": {"source": "synthetic"}},
+                "data": {"source": "synthetic", "train": 500, "val": 100, "test": 100, "digest": "abc123",
+                         "official": False, "warnings": []}}}
+
+
+def _results(replicates: int = 5, effect: float = 5.0, meta: dict | None = META) -> Results:
+    t, e = simulate(1, replicates, effect_points=effect, rng=3, derive_metrics=True)
+    res = Results(trials=t.drop(columns="sim"), epochs=e.drop(columns="sim"), notes=[],
+                  experiments={"sim": Path("/tmp/sim")})
+    res.meta = meta or {}
+    return res
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return out, save_report(_results(), out)
+
+
+def test_md_html_and_verdict_json_carry_the_same_claims(written):
+    out, paths = written
+    record = json.loads(Path(paths["verdict_json"]).read_text())
+    md = Path(paths["md"]).read_text()
+    page = html_lib.unescape(Path(paths["html"]).read_text())
+    verdict_md = md.split("## Verdict\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert verdict_md == [f"- {c}" for c in record["claims"]]
+    for claim in record["claims"]:
+        assert claim in page
+    assert record["winner"] == "selu" and "selu beats relu" in md
+
+
+def test_report_says_what_was_run(written):
+    out, paths = written
+    md = Path(paths["md"]).read_text()
+    assert "## What was run" in md
+    assert "| sim | synthetic | False | 500 | 100 | 100 | abc123 | 5 | 12 | 5 |" in md
+    assert "auto = lecun_normal" in md and "auto = glorot_uniform" in md
+    assert "compute_hours" in md and "epochs_trained" in md
+    assert "Expected best validation accuracy" in md and (out / "figures" / "expected_best.png").exists()
+    for name in ("replicate_means", "overfitting_by_epoch", "learning_curves"):
+        assert (out / "figures" / f"{name}.png").exists()
+
+
+def test_report_keeps_the_two_levels_apart(written):
+    _, paths = written
+    md = Path(paths["md"]).read_text()
+    activation = md.split("## Activation level (unit: replicate)", 1)[1].split("## Configuration level", 1)[0]
+    configuration = md.split("## Configuration level (unit: seed, within one replicate)", 1)[1]
+    assert "paired t-test on replicate means" in activation and "Welch" not in activation
+    assert "Welch t-test on seeds" in configuration and "selu (lr " in configuration
+
+
+def test_tests_table_is_written_with_holm_columns(written):
+    _, paths = written
+    tests = pd.read_csv(paths["tests_csv"])
+    cols = {"level", "p_value", "p_holm", "conf_level", "ci_low", "ci_high", "significant"}
+    assert cols <= set(tests.columns)
+
+
+def test_per_arm_accuracy_intervals_stay_within_zero_and_one():
+    rep = build_report(_results(replicates=1, effect=0.0))
+    acc = rep.confirm_summary[rep.confirm_summary["metric"].str.contains("accuracy")]
+    assert ((acc["ci_low"] >= 0) & (acc["ci_high"] <= 1)).all()
+
+
+def test_missing_metadata_is_a_note_not_a_guess():
+    rep = build_report(_results(meta=None))
+    assert rep.record["data_source"] == "unknown"
+    assert any("No experiment metadata" in n for n in rep.notes)
+
+
+def test_bad_equivalence_margin_falls_back_with_a_note():
+    meta = json.loads(json.dumps(META))
+    meta["sim"]["config"]["analysis"]["equivalence_margin"] = "wide"
+    rep = build_report(_results(meta=meta))
+    assert rep.margin_points == 1.0 and any("equivalence_margin='wide'" in n for n in rep.notes)
 
 
 def test_report_files_exist_and_html_embeds_its_images(smoke_sweep, tmp_path):
     _, exp, _ = smoke_sweep
     out = tmp_path / "report"
     written = write_report([exp], out)
-    for name in ("report.md", "report.html", "trials.csv", "epochs.csv", "trials.parquet",
-                 "epochs.parquet"):
+    for name in ("report.md", "report.html", "verdict.json", "trials.csv", "epochs.csv", "tests.csv",
+                 "trials.parquet", "epochs.parquet"):
         assert (out / name).stat().st_size > 0, name
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert {"learning_curves.png", "overfitting.png", "lr_sensitivity.png",
@@ -25,7 +110,10 @@ def test_report_files_exist_and_html_embeds_its_images(smoke_sweep, tmp_path):
     assert html.count("data:image/png;base64,") == len(figures)
     assert not re.search(r'src="(?!data:)', html), "every image is embedded, none linked"
     md = (out / "report.md").read_text()
-    assert "## Verdict" in md and "n=2 seeds each" in md and "95% CI" in md and "Welch" in md
+    record = json.loads((out / "verdict.json").read_text())
+    # one replicate, two seeds per arm: no activation claim, and no seed-level test either
+    assert record["winner"] is None and record["tested"] is False
+    assert "at least 3 needed" in record["reason"] and "at least 3 needed" in md
     trials = pd.read_csv(written["trials_csv"])
     assert len(trials) == 10 and len(pd.read_parquet(out / "epochs.parquet")) == 20
 
@@ -35,4 +123,4 @@ def test_cli_writes_the_report(smoke_sweep, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "analysis", str(exp), "--out", str(tmp_path / "r")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "r" / "report.html").exists()
+    assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "verdict.json").exists()

@@ -1,0 +1,148 @@
+"""What was run: data source and sizes, replicates, seeds, trials, epochs, compute and initializers.
+
+Reads ``Results.meta`` (experiment -> {"config": config.yaml as a dict, "data": data.json}) where the
+loader provides it; older experiments have neither, and every function says "unknown" instead of
+guessing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis.decision import MARGIN_POINTS
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def describe_data(meta: dict | None) -> dict[str, Any]:
+    """``source`` ("cifar10", "synthetic", "mixed" or "unknown"), ``synthetic`` (any experiment ran
+    on synthetic data), ``official`` (every experiment used the official CIFAR-10 release; None
+    if unknown) and per experiment its data.json (or the config's data.source)."""
+    per: dict[str, dict] = {}
+    for name, m in (meta or {}).items():
+        data = _get(m, "data") or {}
+        source = data.get("source") or _get(m, "config", "data", "source")
+        per[name] = {"source": source or "unknown", "train": data.get("train"), "val": data.get("val"),
+                     "test": data.get("test"), "digest": data.get("digest"), "official": data.get("official"),
+                     "warnings": list(data.get("warnings") or []), "recorded": bool(data)}
+    sources = {v["source"] for v in per.values()}
+    source = "unknown" if not per or sources == {"unknown"} else \
+        sources.pop() if len(sources) == 1 else "mixed"
+    officials = [v["official"] for v in per.values()]
+    official = None if not per or any(o is None for o in officials) else all(bool(o) for o in officials)
+    return {"source": source, "synthetic": any(v["source"] == "synthetic" for v in per.values()),
+            "official": official, "experiments": per}
+
+
+def data_sentence(info: dict[str, Any]) -> str:
+    """The verdict's first sentence: what the data were. Synthetic data are flagged loudly."""
+    def sizes(v: dict) -> str:
+        if v["train"] is None:
+            return "sizes not recorded"
+        return f"{v['train']:,} train / {v['val']:,} val / {v['test']:,} test images"
+
+    parts = []
+    for name, v in info["experiments"].items():
+        if v["source"] == "synthetic":
+            parts.append(f"`{name}`: SYNTHETIC images ({sizes(v)})")
+        elif v["source"] == "cifar10":
+            origin = ("the official CIFAR-10 release" if v["official"] else
+                      "CIFAR-10 from a copy that does NOT match the official release"
+                      if v["official"] is False else "CIFAR-10 (not checked against the official release)")
+            digest = f", digest {str(v['digest'])[:12]}" if v["digest"] else ""
+            parts.append(f"`{name}`: {origin} ({sizes(v)}{digest})")
+        else:
+            parts.append(f"`{name}`: source {v['source']} ({sizes(v)})")
+    if not parts:
+        return ("Data: source not recorded (no data.json or config.yaml in the experiment): the report "
+                "cannot say whether these are CIFAR-10 results.")
+    text = "Data: " + "; ".join(parts) + "."
+    if info["synthetic"]:
+        text += (" These results come from SYNTHETIC data: they test the pipeline and say nothing "
+                 "about SELU or ReLU on CIFAR-10.")
+    warnings = [w for v in info["experiments"].values() for w in v["warnings"]]
+    if warnings:
+        text += " Data warnings: " + "; ".join(warnings) + "."
+    return text
+
+
+def equivalence_margin(meta: dict | None) -> tuple[float, list[str]]:
+    """``analysis.equivalence_margin`` (percentage points; the smallest over experiments, default
+    1.0) and notes on any value that could not be used."""
+    notes, values = [], []
+    for name, m in (meta or {}).items():
+        v = _get(m, "config", "analysis", "equivalence_margin")
+        if v is None:
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            values.append(float(v))
+        else:
+            notes.append(f"`{name}`: analysis.equivalence_margin={v!r} is not a positive number of "
+                         f"points; used {MARGIN_POINTS}")
+    return (min(values) if values else MARGIN_POINTS), notes
+
+
+def resolve_initializer(activation: Any, kernel_initializer: Any) -> str:
+    """Mirrors trainable.model.resolve_initializer (not imported: the analysis needs no Keras)."""
+    if kernel_initializer in (None, "") or kernel_initializer != kernel_initializer:
+        return "not recorded"
+    if kernel_initializer == "auto":
+        return f"auto = {'lecun_normal' if activation == 'selu' else 'glorot_uniform'}"
+    return str(kernel_initializer)
+
+
+def run_summary(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: activation, kernel initializer(s), replicates, search trials (per replicate),
+    confirmation seeds per replicate, epochs trained, and compute hours (sum of epoch_seconds)."""
+    t = trials.assign(replicate=pd.to_numeric(trials["replicate"], errors="coerce").fillna(0)
+                      if "replicate" in trials else 0)
+    rows = []
+    e_arm = epochs.groupby("arm") if len(epochs) else None
+    for arm, a in t.groupby("arm", sort=True):
+        search, confirm = a[a["stage"] == "search"], a[a["stage"] == "confirm"]
+        reps = sorted(set(a["replicate"].astype(int)))
+        inits = sorted({resolve_initializer(r.get("activation"), r.get("kernel_initializer"))
+                        for r in a.to_dict("records")})
+        acts = sorted({str(v) for v in a["activation"].dropna()}) if "activation" in a else []
+        seeds = confirm.groupby("replicate")["trial_id"].size() if len(confirm) else pd.Series(dtype=int)
+        ep = e_arm.get_group(arm) if e_arm is not None and arm in e_arm.groups else epochs.iloc[:0]
+        secs = pd.to_numeric(ep["epoch_seconds"], errors="coerce").sum(min_count=1) \
+            if "epoch_seconds" in ep else np.nan
+        rows.append({
+            "arm": arm, "activation": ", ".join(acts) or "not recorded",
+            "kernel_initializer": ", ".join(inits), "replicates": len(reps),
+            "search_trials": len(search),
+            "search_trials_per_replicate": _per(search.groupby("replicate").size()),
+            "confirm_seeds_per_replicate": _per(seeds), "epochs_trained": len(ep),
+            "compute_hours": float(secs) / 3600 if np.isfinite(secs) else np.nan,
+        })
+    return pd.DataFrame(rows)
+
+
+def _per(counts: pd.Series) -> str:
+    if counts.empty:
+        return "0"
+    lo, hi = int(counts.min()), int(counts.max())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def sweep_settings(meta: dict | None) -> dict[str, dict[str, Any]]:
+    """Per experiment, the config values that define the comparison (None where not recorded)."""
+    out = {}
+    for name, m in (meta or {}).items():
+        out[name] = {"replicates": _get(m, "config", "search", "replicates"),
+                     "trials_per_arm": _get(m, "config", "search", "num_samples"),
+                     "search_mode": _get(m, "config", "search", "mode"),
+                     "confirm_seeds": _get(m, "config", "confirm", "seeds"),
+                     "equivalence_margin": _get(m, "config", "analysis", "equivalence_margin")}
+    return out
