@@ -1,15 +1,22 @@
 """``python -m analysis EXPERIMENT_DIR [...] [--out DIR]``: write the SELU-vs-ReLU report.
 
-Exit codes: 0 written, 2 bad input (one line on stderr, nothing written).
+Only reads the experiments: the one place it writes is ``--out`` (default ``EXPERIMENT_DIR/report``
+for one experiment, ``./report`` for several). Damaged trials are skipped and listed in the
+report's notes.
+
+Exit codes: 0 written; 2 bad input (one line on stderr saying what is wrong and how to fix it,
+nothing written); 1 a bug in the analysis itself (one line; ``--debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import warnings
 from pathlib import Path
 
-from analysis.load import AnalysisError
+from analysis.load import AnalysisError, _text, check_experiment
 
 
 class _Parser(argparse.ArgumentParser):
@@ -17,26 +24,85 @@ class _Parser(argparse.ArgumentParser):
         raise AnalysisError(f"{message} (see --help)")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> _Parser:
     parser = _Parser(prog="python -m analysis", description="Write report.md, report.html, trials.csv, "
-                     "epochs.csv (+ Parquet) and figures/*.png for one or more experiment directories.")
+                     "epochs.csv (+ Parquet) and figures/*.png for one or more experiment directories. "
+                     "Reads the experiments only; writes nothing but --out.")
     parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR",
                         help="directories created by sweeps/run.py (or plain Ray Tune experiments)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: EXPERIMENT_DIR/report "
                         "for one experiment, ./report for several)")
-    try:
-        args = parser.parse_args(argv)
-        out = Path(args.out) if args.out else (Path(args.experiments[0]) / "report"
-                                               if len(args.experiments) == 1 else Path("report"))
-        if out.exists() and not out.is_dir():
-            raise AnalysisError(f"--out {out}: exists and is not a directory; choose another path")
-        from analysis.report import write_report
+    parser.add_argument("--debug", action="store_true",
+                        help="show warnings, and the traceback of an internal error")
+    return parser
 
-        written = write_report(args.experiments, out)
+
+def _inside(path: Path, parent: Path) -> bool:
+    return path == parent or parent in path.parents
+
+
+def check_out(out: Path, experiments: list[str]) -> None:
+    """Refuse an output directory that is a file, cannot be created, or lies inside an experiment
+    (other than its ``report/``): the report must never mix with or overwrite results."""
+    shown = _text(out)
+    try:
+        resolved = out.resolve()
+        exps = [Path(e).expanduser().resolve() for e in experiments]
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        raise AnalysisError(f"--out {shown}: cannot be resolved (a symbolic link loop?); choose another "
+                            f"--out") from None
+    if out.exists() and not out.is_dir():
+        raise AnalysisError(f"--out {shown}: exists and is not a directory; choose another path")
+    for exp in exps:
+        if _inside(resolved, exp) and not _inside(resolved, exp / "report"):
+            raise AnalysisError(f"--out {shown}: inside the experiment {_text(exp)}, whose files must stay "
+                                f"untouched; use {_text(exp / 'report')} or a directory outside it")
+    ancestor = resolved
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise AnalysisError(f"--out {shown}: {_text(ancestor)} is a file, not a directory; choose another "
+                            f"--out")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise AnalysisError(f"--out {shown}: {_text(ancestor)} is not writable; choose another --out")
+
+
+def _run(args: argparse.Namespace) -> dict[str, str]:
+    if any(not e for e in args.experiments) or args.out == "":
+        raise AnalysisError("an empty path was given; pass an experiment dir such as results/NAME")
+    for exp in args.experiments:
+        check_experiment(exp)  # every experiment is valid before anything is written
+    out = Path(args.out).expanduser() if args.out else (
+        Path(args.experiments[0]).expanduser() / "report" if len(args.experiments) == 1 else Path("report"))
+    check_out(out, args.experiments)
+    from analysis.report import write_report
+
+    try:
+        return write_report(args.experiments, out)
+    except OSError as exc:
+        where = _text(exc.filename) if exc.filename else _text(out)
+        raise AnalysisError(f"cannot write the report: {where}: {exc.strerror or exc}; choose another "
+                            f"--out or free some space") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        with warnings.catch_warnings(record=not debug):
+            if not debug:
+                warnings.simplefilter("ignore")  # the report's notes say what matters
+            written = _run(parser.parse_args(argv))
     except AnalysisError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_text(exc)}", file=sys.stderr)
         return 2
-    print(f"report: {written['md']}\n        {written['html']}")
+    except Exception as exc:  # a bug, not bad input: say so in one line
+        if debug:
+            raise
+        print(f"internal error: {_text(exc.__class__.__name__)}: {_text(exc)[:300]} (a bug in the analysis; "
+              f"rerun with --debug for the traceback and report it)", file=sys.stderr)
+        return 1
+    print(f"report: {_text(written['md'])}\n        {_text(written['html'])}")
     return 0
 
 
