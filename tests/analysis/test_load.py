@@ -23,25 +23,27 @@ def test_real_sweep_loads_into_trial_and_epoch_tables(smoke_sweep):
     _, exp, _ = smoke_sweep
     res = load_results([exp])
     t, e = res.trials, res.epochs
-    assert t.groupby("stage").size().to_dict() == {"search": 6, "confirm": 4}
+    assert t.groupby("stage").size().to_dict() == {"search": 8, "confirm": 8}  # 2 arms x 2 replicates x 2
     assert set(t["status"]) <= set(STATUSES) and (t["status"] == "finished").all()
     assert {"arm", "lr", "epochs", "seed", "final_val_accuracy", "best_val_accuracy", "final_gap",
             "val_loss_rise", "final_test_accuracy"} <= set(t.columns)
-    assert len(e) == t["n_epochs"].sum() == 20  # 10 trials x 2 epochs, none duplicated by the retry
+    assert len(e) == t["n_epochs"].sum() == 32  # 16 trials x 2 epochs, none duplicated by the retries
     assert not e.duplicated(["stage", "trial_id", "epoch"]).any()
     assert t[t["stage"] == "confirm"]["final_test_accuracy"].between(0, 1).all()
     # the columns the statistics rely on, as the real trainable and runner write them
     search_ids = set(t.loc[t["stage"] == "search", "trial_id"])
     assert set(t.loc[t["stage"] == "confirm", "source_trial"]) <= search_ids
     assert t.loc[t["stage"] == "search", "source_trial"].isna().all()
-    assert (t["replicate"] >= 0).all() and t["replicate"].dtype.kind == "i"
+    assert set(t["replicate"]) == {0, 1} and t["replicate"].dtype.kind == "i"
     first_ts = e.groupby("trial_id")["timestamp"].min()
     assert (t["start_time"] < t["trial_id"].map(first_ts)).all()  # started before its first report
     assert (t["start_time"] > first_ts.min() - 3600).all()
     assert {"replicate", *EPOCH_COLUMNS} <= set(e.columns)
     assert res.meta[exp.name]["config"]["name"] == exp.name
+    assert res.meta[exp.name]["data"]["kind"] == "synthetic"
     studies = load_studies(res)
-    assert set(studies) == {"smoke-relu", "smoke-selu"}
+    exp_id = json.loads((exp / ".selu-sweep.json").read_text())["experiment_id"]
+    assert set(studies) == {f"smoke-{exp_id}-{a}-r{r}" for a in ("relu", "selu") for r in (0, 1)}
 
 
 def test_loading_only_reads(smoke_sweep, tmp_path):
