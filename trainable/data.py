@@ -34,6 +34,7 @@ import stat
 import tarfile
 import warnings
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -73,6 +74,7 @@ MAX_ROWS_PER_BATCH = 10_000
 MAX_ARCHIVE_BYTES = 256 * 2**20  # the official .tar.gz is 163 MiB
 MAX_TAR_BYTES = 256 * 2**20  # ... and 178 MiB decompressed
 MAX_TAR_MEMBERS = 1000  # it has 9
+MAX_TAR_HEADER_BYTES = 64 * 2**10  # pax / GNU long-name headers (it has none)
 
 # The Keras cache (keras.datasets.cifar10.load_data() in Keras 3.15 uses the same names and hash).
 KERAS_CACHE_NAME = "cifar-10-batches-py-target"
@@ -167,13 +169,16 @@ def dataset_digest(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
 class _Batch:
     rows: np.ndarray  # (N, 3072) uint8 channel-major rows, a view into the file's bytes
     labels: np.ndarray  # (N,) int64
-    md5: str | None  # set only when the size matches the official file
+    md5: Future[str] | None  # the file's MD5, computed only when its size is the official one
 
 
-def _parse_batch(buf: bytes, name: str, fix: str, batch: str) -> _Batch:
-    """Parse and validate one CIFAR-10 pickle batch held in ``buf``."""
-    md5 = hashlib.md5(buf, usedforsecurity=False).hexdigest() \
-        if len(buf) == OFFICIAL_SIZES.get(batch) else None
+def _parse_batch(buf: bytes, name: str, fix: str, batch: str, hasher: ThreadPoolExecutor) -> _Batch:
+    """Parse and validate one CIFAR-10 pickle batch held in ``buf``.
+
+    The MD5 for the official-release check runs on ``hasher``'s thread (hashlib releases the
+    GIL), overlapping the parse, the next file's read and the decompression.
+    """
+    md5 = hasher.submit(_md5, buf) if len(buf) == OFFICIAL_SIZES.get(batch) else None
     try:
         obj = _safe_pickle.load(buf)
     except _safe_pickle.PickleRefused as exc:
@@ -206,6 +211,10 @@ def _parse_batch(buf: bytes, name: str, fix: str, batch: str) -> _Batch:
     if lo < 0 or hi >= NUM_CLASSES:
         raise _fail(name, f"labels must be in 0..9, found {lo}..{hi}", fix)
     return _Batch(data, labels, md5)
+
+
+def _md5(buf: bytes) -> str:
+    return hashlib.md5(buf, usedforsecurity=False).hexdigest()
 
 
 def _open_regular(path: Path, limit: int, fix: str) -> tuple[IO[bytes], int]:
@@ -262,7 +271,7 @@ def _assemble(batches: dict[str, _Batch], source: str) -> Cifar10Copy:
     y_train = np.concatenate([b.labels for b in train])
     x_test = _to_images([batches[TEST_BATCH].rows])
     y_test = batches[TEST_BATCH].labels
-    differ = [n for n in (*TRAIN_BATCHES, TEST_BATCH) if batches[n].md5 != OFFICIAL_MD5[n]]
+    differ = [n for n, b in batches.items() if b.md5 is None or b.md5.result() != OFFICIAL_MD5[n]]
     notes: tuple[str, ...] = ()
     if differ:
         notes = (f"{_clean(source, 300)}: {len(differ)} of 6 batch files differ from the official "
@@ -275,13 +284,15 @@ def _assemble(batches: dict[str, _Batch], source: str) -> Cifar10Copy:
 
 def _load_batch_dir(path: Path, fix: str = FIX_LOCAL) -> Cifar10Copy:
     batches = {}
-    for name in (*TRAIN_BATCHES, TEST_BATCH):
-        fpath = path / name
-        if not fpath.exists():
-            raise _fail(str(fpath), f"missing; a {BATCH_DIR} directory holds "
-                        f"{', '.join(TRAIN_BATCHES)} and {TEST_BATCH}", fix)
-        batches[name] = _parse_batch(_read_file(fpath, MAX_BATCH_BYTES, fix), str(fpath), fix, name)
-    return _assemble(batches, str(path))
+    with ThreadPoolExecutor(max_workers=1) as hasher:
+        for name in (*TRAIN_BATCHES, TEST_BATCH):
+            fpath = path / name
+            if not fpath.exists():
+                raise _fail(str(fpath), f"missing; a {BATCH_DIR} directory holds "
+                            f"{', '.join(TRAIN_BATCHES)} and {TEST_BATCH}", fix)
+            buf = _read_file(fpath, MAX_BATCH_BYTES, fix)
+            batches[name] = _parse_batch(buf, str(fpath), fix, name, hasher)
+        return _assemble(batches, str(path))
 
 
 class _TooBig(Exception):
@@ -315,6 +326,40 @@ def _decompressed(fh: IO[bytes]) -> IO[bytes]:
     return fh  # an uncompressed tar
 
 
+class _TarRefused(Exception):
+    pass
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """tarfile's header parser with bounds: tarfile itself would read a pax header or GNU long
+    name of any declared size into memory, build a dict/list entry per record (millions from a
+    small gzip), recurse once per chained extended header, and expand sparse maps."""
+
+    def _proc_gnulong(self, tarfile):
+        return self._extended(super()._proc_gnulong, tarfile)
+
+    def _proc_pax(self, tarfile):
+        return self._extended(super()._proc_pax, tarfile)
+
+    def _extended(self, parse, tarfile):
+        if self.size > MAX_TAR_HEADER_BYTES:
+            raise _TarRefused(f"an extended tar header of {self.size} bytes (at most "
+                              f"{MAX_TAR_HEADER_BYTES} allowed)")
+        depth = getattr(tarfile, "_selu_header_depth", 0)
+        if depth >= 4:
+            raise _TarRefused("more than 4 chained extended tar headers")
+        tarfile._selu_header_depth = depth + 1
+        try:
+            return parse(tarfile)
+        finally:
+            tarfile._selu_header_depth = depth
+
+    def _refuse_sparse(self, *args):
+        raise _TarRefused(f"member {_clean(self.name)} is a sparse file; sparse members are not allowed")
+
+    _proc_sparse = _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_sparse
+
+
 def _member_kind(member: tarfile.TarInfo) -> str | None:
     """None for a plain regular file, else what the member is."""
     if member.issparse():
@@ -333,10 +378,10 @@ def _load_archive(path: Path, fix: str = f"download the official {ARCHIVE_NAME} 
     batches: dict[str, _Batch] = {}
     elsewhere: list[str] = []
     fh, _ = _open_regular(path, MAX_ARCHIVE_BYTES, fix)
-    with fh:
+    with fh, ThreadPoolExecutor(max_workers=1) as hasher:
         try:
             stream = _BoundedReader(_decompressed(fh), MAX_TAR_BYTES)
-            with tarfile.open(fileobj=stream, mode="r|") as tar:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo) as tar:
                 for count, member in enumerate(tar, 1):
                     if count > MAX_TAR_MEMBERS:
                         raise _fail(str(path), f"more than {MAX_TAR_MEMBERS} members; not a CIFAR-10 "
@@ -359,16 +404,18 @@ def _load_archive(path: Path, fix: str = f"download the official {ARCHIVE_NAME} 
                     buf = tar.extractfile(member).read()
                     if len(buf) != member.size:
                         raise _fail(where, "truncated member", fix)
-                    batches[batch] = _parse_batch(buf, where, fix, batch)
+                    batches[batch] = _parse_batch(buf, where, fix, batch, hasher)
                 while stream.read(2**20):  # to the end, so gzip checks its CRC and length
                     pass
+        except _TarRefused as exc:
+            raise _fail(str(path), str(exc), fix) from None
         except _TooBig:
             raise _fail(str(path), f"decompresses to more than {MAX_TAR_BYTES} bytes; not a CIFAR-10 "
                         f"archive", fix) from None
         except DataError:
             raise
         except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError,
-                UnicodeError, OverflowError) as exc:
+                UnicodeError, OverflowError, IndexError, KeyError, RecursionError) as exc:
             detail = _clean(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 120)
             raise _fail(str(path), f"not a readable tar.gz archive ({detail})", fix) from None
     missing = [m for m, n in expected.items() if n not in batches]
