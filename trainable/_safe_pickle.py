@@ -509,8 +509,10 @@ def _op_reduce(r: _Reader) -> None:
     func = r.pop()
     if func is _NDARRAY:
         raise PickleRefused("calling numpy.ndarray is not allowed (it accepts arbitrary strides)")
-    if not isinstance(func, types.FunctionType) or func not in _GLOBAL_FUNCS or not isinstance(args, tuple):
+    if not isinstance(func, types.FunctionType) or func not in _GLOBAL_FUNCS:
         raise PickleRefused(f"REDUCE of a {type(func).__name__} is not allowed")
+    if not isinstance(args, tuple):
+        raise PickleRefused("REDUCE arguments must be a tuple")
     r.stack.append(func(r, args))
 
 

@@ -223,15 +223,14 @@ def _open_regular(path: Path, limit: int, fix: str) -> tuple[IO[bytes], int]:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise _fail(str(path), f"cannot be opened ({_clean(exc.strerror)})", fix) from None
-    fh = os.fdopen(fd, "rb")
-    size = os.fstat(fd).st_size
-    problem = None if stat.S_ISREG(os.fstat(fd).st_mode) else "not a regular file"
-    if problem is None and size > limit:
-        problem = f"{size} bytes, more than the {limit} a CIFAR-10 file can have"
+    info = os.fstat(fd)
+    problem = None if stat.S_ISREG(info.st_mode) else "not a regular file"
+    if problem is None and info.st_size > limit:
+        problem = f"{info.st_size} bytes, more than the {limit} a CIFAR-10 file can have"
     if problem is not None:
-        fh.close()
+        os.close(fd)
         raise _fail(str(path), problem, fix)
-    return fh, size
+    return os.fdopen(fd, "rb"), info.st_size
 
 
 def _read_file(path: Path, limit: int, fix: str) -> bytes:
@@ -287,7 +286,7 @@ def _load_batch_dir(path: Path, fix: str = FIX_LOCAL) -> Cifar10Copy:
     with ThreadPoolExecutor(max_workers=1) as hasher:
         for name in (*TRAIN_BATCHES, TEST_BATCH):
             fpath = path / name
-            if not fpath.exists():
+            if not fpath.exists() and not fpath.is_symlink():
                 raise _fail(str(fpath), f"missing; a {BATCH_DIR} directory holds "
                             f"{', '.join(TRAIN_BATCHES)} and {TEST_BATCH}", fix)
             buf = _read_file(fpath, MAX_BATCH_BYTES, fix)
@@ -454,13 +453,13 @@ def _load_keras_cache() -> Cifar10Copy:
                                               f"fresh copy")
     import keras
 
+    target = _keras_dataset_dirs()[0] / f"{KERAS_CACHE_NAME}_archive"
     try:
-        path = Path(keras.utils.get_file(fname=f"{KERAS_CACHE_NAME}_archive", origin=KERAS_ORIGIN,
-                                         file_hash=KERAS_SHA256))
+        path = Path(keras.utils.get_file(fname=target.name, origin=KERAS_ORIGIN, file_hash=KERAS_SHA256))
     except Exception as exc:  # urllib/HTTP/SSL/hash errors all mean "no usable download"
         detail = _clean(str(exc).splitlines()[0] if str(exc) else "", 160)
-        raise DataError(f"CIFAR-10 is not in the Keras cache and could not be downloaded "
-                        f"({type(exc).__name__}: {detail}). {OFFLINE_HINT}") from None
+        raise DataError(f"{_clean(target)}: CIFAR-10 is not in the Keras cache and could not be downloaded "
+                        f"({type(exc).__name__}: {detail}); {OFFLINE_HINT}") from None
     return _load_archive(path, f"delete {path} so the next run downloads a fresh copy")
 
 
