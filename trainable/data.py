@@ -187,7 +187,7 @@ def _parse_batch(buf: bytes, name: str, fix: str, batch: str, hasher: ThreadPool
         raise _fail(name, f"expected a dict batch, found {type(obj).__name__}", fix)
     keys = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in obj.items()}
     if "data" not in keys or "labels" not in keys:
-        raise _fail(name, f"missing 'data' or 'labels' (keys: {_clean(sorted(map(str, keys)))})", fix)
+        raise _fail(name, f"missing 'data' or 'labels' (keys: {_clean(sorted(map(str, keys))[:8])})", fix)
     data, labels = keys["data"], keys["labels"]
     if not isinstance(data, _safe_pickle.PickledArray) or data.array is None:
         raise _fail(name, f"'data' must be a uint8 array, found {type(data).__name__}", fix)

@@ -150,6 +150,17 @@ PICKLES: dict[str, tuple[Callable[[], bytes], str]] = {
     "zero_stride_ndarray_stack_global": (lambda: b"\x80\x04}(" + b"\x8c\x04data" + b"\x8c\x05numpy"
                                          + b"\x8c\x07ndarray\x93" + op_tuple(op_tuple(op_int(100_000)))
                                          + REDUCE + b"u.", "calling numpy.ndarray is not allowed"),
+    "zero_stride_100000_images_3_kb": (lambda: batch(
+        data=NDARRAY + op_tuple(op_tuple(op_int(100_000), op_int(3072)), dtype_expr(), op_bytes(b"\0" * 8),
+                                op_int(0), op_tuple(op_int(0), op_int(0))) + REDUCE,
+        labels=NDARRAY + op_tuple(op_tuple(op_int(100_000)), dtype_expr("i8", "<"), op_bytes(b"\0" * 8),
+                                  op_int(0), op_tuple(op_int(0))) + REDUCE),
+        "calling numpy.ndarray is not allowed"),
+    "reconstruct_100000_uninitialised_images": (lambda: batch(
+        data=RECONSTRUCT + NDARRAY + op_tuple(op_int(100_000), op_int(3072)) + op_bytes(b"B") + b"\x87"
+        + REDUCE,
+        labels=RECONSTRUCT + NDARRAY + op_tuple(op_int(100_000)) + op_bytes(b"B") + b"\x87" + REDUCE),
+        "_reconstruct must be called as _reconstruct.ndarray, .0,., b'b'."),
     "reconstruct_huge_shape_no_state": (lambda: batch(data=RECONSTRUCT + NDARRAY + op_tuple(
         op_int(100_000), op_int(3072)) + op_bytes(b"b") + b"\x87" + REDUCE), "_reconstruct must be called"),
     "reconstruct_2_40_elements": (lambda: batch(data=RECONSTRUCT + NDARRAY + op_tuple(op_int(2**40))
