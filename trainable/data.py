@@ -380,7 +380,7 @@ def _load_archive(path: Path, fix: str = f"download the official {ARCHIVE_NAME} 
     with fh, ThreadPoolExecutor(max_workers=1) as hasher:
         try:
             stream = _BoundedReader(_decompressed(fh), MAX_TAR_BYTES)
-            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo) as tar:
+            with tarfile.open(fileobj=stream, mode="r|", tarinfo=_StrictTarInfo, bufsize=2**20) as tar:
                 for count, member in enumerate(tar, 1):
                     if count > MAX_TAR_MEMBERS:
                         raise _fail(str(path), f"more than {MAX_TAR_MEMBERS} members; not a CIFAR-10 "
