@@ -28,7 +28,6 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
-import lzma
 import os
 import stat
 import tarfile
@@ -298,6 +297,10 @@ class _TooBig(Exception):
     pass
 
 
+class _TarRefused(Exception):
+    pass
+
+
 class _BoundedReader:
     """A read-only stream that refuses to yield more than ``limit`` bytes (decompression bombs)."""
 
@@ -314,19 +317,17 @@ class _BoundedReader:
 
 
 def _decompressed(fh: IO[bytes]) -> IO[bytes]:
+    """gzip (the official format), bzip2 or none. Not xz: its header can make the decoder
+    allocate a dictionary of up to 1.5 GiB before the first byte comes out."""
     magic = fh.read(6)
     fh.seek(0)
     if magic.startswith(b"\x1f\x8b"):
         return gzip.GzipFile(fileobj=fh, mode="rb")
     if magic.startswith(b"BZh"):
-        return bz2.BZ2File(fh)
+        return bz2.BZ2File(fh)  # bounded memory: blocks are at most 900 kB
     if magic.startswith(b"\xfd7zXZ\x00"):
-        return lzma.LZMAFile(fh)
+        raise _TarRefused("xz-compressed archives are not supported (use .tar.gz, .tar.bz2 or .tar)")
     return fh  # an uncompressed tar
-
-
-class _TarRefused(Exception):
-    pass
 
 
 class _StrictTarInfo(tarfile.TarInfo):
@@ -344,14 +345,14 @@ class _StrictTarInfo(tarfile.TarInfo):
         if self.size > MAX_TAR_HEADER_BYTES:
             raise _TarRefused(f"an extended tar header of {self.size} bytes (at most "
                               f"{MAX_TAR_HEADER_BYTES} allowed)")
-        depth = getattr(tarfile, "_selu_header_depth", 0)
+        depth = getattr(tarfile, "_strict_header_depth", 0)
         if depth >= 4:
             raise _TarRefused("more than 4 chained extended tar headers")
-        tarfile._selu_header_depth = depth + 1
+        tarfile._strict_header_depth = depth + 1
         try:
             return parse(tarfile)
         finally:
-            tarfile._selu_header_depth = depth
+            tarfile._strict_header_depth = depth
 
     def _refuse_sparse(self, *args):
         raise _TarRefused(f"member {_clean(self.name)} is a sparse file; sparse members are not allowed")
@@ -372,7 +373,7 @@ def _member_kind(member: tarfile.TarInfo) -> str | None:
 
 
 def _load_archive(path: Path, fix: str = f"download the official {ARCHIVE_NAME} again") -> Cifar10Copy:
-    """Read the six batches from a .tar(.gz|.bz2|.xz) by their expected member names only."""
+    """Read the six batches from a .tar(.gz|.bz2) by their expected member names only."""
     expected = {f"{BATCH_DIR}/{n}": n for n in (*TRAIN_BATCHES, TEST_BATCH)}
     batches: dict[str, _Batch] = {}
     elsewhere: list[str] = []
@@ -413,7 +414,7 @@ def _load_archive(path: Path, fix: str = f"download the official {ARCHIVE_NAME} 
                         f"archive", fix) from None
         except DataError:
             raise
-        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError, ValueError,
+        except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError,
                 UnicodeError, OverflowError, IndexError, KeyError, RecursionError) as exc:
             detail = _clean(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 120)
             raise _fail(str(path), f"not a readable tar.gz archive ({detail})", fix) from None

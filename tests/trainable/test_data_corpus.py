@@ -451,7 +451,7 @@ ARCHIVE_EXPECT: dict[str, str | None] = {
     "random_bytes": "not a readable tar.gz archive",
     "plain_tar": None,
     "bzip2_tar": None,
-    "xz_tar": None,
+    "xz_tar": "xz-compressed archives are not supported",
     "bzip2_corrupted": "not a readable tar.gz archive",
     "too_many_members": "more than 1000 members",
     "huge_pax_header": "extended tar header of .* bytes",
