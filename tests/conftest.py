@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import struct
 import tarfile
 from pathlib import Path
 
@@ -45,6 +46,27 @@ def write_batch(path: Path, n: int, seed: int = 0, *, data=None, labels=None) ->
     with open(path, "wb") as fh:
         pickle.dump({b"batch_label": b"fake", b"data": data, b"labels": labels,
                      b"filenames": [b"x.png"] * len(labels)}, fh, protocol=2)
+
+
+def py2_batch_bytes(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch laid out like the official files: Python 2 cPickle at protocol 2, ``str`` keys as
+    SHORT_BINSTRING, the pixels as one BINSTRING, ``numpy.core.multiarray._reconstruct``."""
+    def sbs(text: bytes) -> bytes:
+        return b"U" + bytes([len(text)]) + text
+
+    def m(value: int) -> bytes:
+        return b"M" + struct.pack("<H", value)
+
+    raw = np.ascontiguousarray(data, dtype=np.uint8).tobytes()
+    return b"".join([
+        b"\x80\x02}q\x01(", sbs(b"batch_label"), b"q\x02", sbs(b"training batch 1 of 5"), b"q\x03",
+        sbs(b"data"), b"q\x04cnumpy.core.multiarray\n_reconstruct\nq\x05cnumpy\nndarray\nq\x06",
+        b"K\x00\x85q\x07", sbs(b"b"), b"q\x08\x87q\tRq\n(K\x01", m(len(data)), m(3072),
+        b"\x86q\x0bcnumpy\ndtype\nq\x0c", sbs(b"u1"), b"K\x00K\x01\x87q\rRq\x0e(K\x03", sbs(b"|"),
+        b"q\x0fNNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tq\x10b\x89T", struct.pack("<i", len(raw)), raw,
+        b"q\x11tq\x12b", sbs(b"labels"), b"q\x13]q\x14(", b"".join(b"K" + bytes([v]) for v in labels),
+        b"eu.",
+    ])
 
 
 def make_batches_dir(root: Path, n_per_batch: int = 20) -> Path:
