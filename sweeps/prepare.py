@@ -9,6 +9,7 @@ import os
 import shlex
 import socket
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,11 +104,14 @@ def _refuse_foreign(exp: Experiment, options: RunOptions) -> None:
 def load_data(cfg: SweepConfig):
     """The dataset (or, with ``data.vary_split``, one per replicate's split seed)."""
     from trainable import make_dataset
+    from trainable.data import DataWarning
 
     d = cfg.data
 
     def make(split_seed: int):
-        return make_dataset(d.source, data_dir=d.data_dir, val_size=d.val_size, split_seed=split_seed,
+        with warnings.catch_warnings():  # run_sweep prints data_warnings once, in its own words
+            warnings.simplefilter("ignore", DataWarning)
+            return make_dataset(d.source, data_dir=d.data_dir, val_size=d.val_size, split_seed=split_seed,
                             train_subset=d.train_subset, synthetic_size=(d.synthetic.train, d.synthetic.test),
                             synthetic_seed=d.synthetic.seed)
     if not d.vary_split:

@@ -3,11 +3,15 @@
 from trainable.data import (
     CLASS_NAMES,
     NORMALIZATIONS,
+    Cifar10Copy,
     DataError,
     Dataset,
+    DataWarning,
+    dataset_digest,
     load_cifar10,
     make_dataset,
     normalize,
+    read_cifar10,
     resolve_data_dir,
     stratified_split,
     synthetic_cifar10,
@@ -17,6 +21,7 @@ from trainable.train import DEFAULTS, METRICS, train_cnn
 
 __all__ = [
     "ACTIVATIONS", "CLASS_NAMES", "DEFAULTS", "INITIALIZERS", "METRICS", "NORMALIZATIONS",
-    "DataError", "Dataset", "build_model", "load_cifar10", "make_dataset", "normalize",
-    "resolve_data_dir", "resolve_initializer", "stratified_split", "synthetic_cifar10", "train_cnn",
+    "Cifar10Copy", "DataError", "DataWarning", "Dataset", "build_model", "dataset_digest", "load_cifar10",
+    "make_dataset", "normalize", "read_cifar10", "resolve_data_dir", "resolve_initializer",
+    "stratified_split", "synthetic_cifar10", "train_cnn",
 ]
