@@ -10,6 +10,7 @@ environment wins, so ``TF_CPP_MIN_LOG_LEVEL=0`` brings every TensorFlow line bac
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import re
@@ -154,8 +155,13 @@ def configure_process(num_threads: int, gpu_fraction: float = 0.0) -> None:
         backend = keras.backend.backend()
         if backend == "tensorflow":
             _configure_tensorflow(n, gpu_fraction if capped else 0.0)
-        elif backend == "torch":
-            _configure_torch(n, gpu_fraction if capped else 0.0)
+        else:
+            if importlib.util.find_spec("tensorflow") is not None:
+                # Keras's data adapters import it on every backend when it is installed: now,
+                # while its start-up lines are filtered, rather than in the first fit.
+                import tensorflow  # noqa: F401
+            if backend == "torch":
+                _configure_torch(n, gpu_fraction if capped else 0.0)
 
 
 def _configure_tensorflow(n: int, gpu_fraction: float) -> None:

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
+import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -51,8 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "normalization": "scale",
     # Dropout rate after each pooling layer (AlphaDropout for selu); 0 disables it.
     "dropout": 0.0,
-    # Seeds weights, dropout and shuffling; per-epoch reseeding makes a resumed trial shuffle
-    # exactly like an uninterrupted one.
+    # Seeds weights, dropout and shuffling (whole number >= 0). Each epoch's order depends only on
+    # (seed, epoch), so a resumed trial shuffles exactly like an uninterrupted one.
     "seed": 0,
     # Split measured by the val_* metrics: "val" (held out from training) or "test".
     "validate_on": "val",
@@ -93,14 +95,16 @@ _POSITIVE_INTS = ("epochs", "batch_size", "steps_per_execution", "eval_batch_siz
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``config``; a ``ValueError`` naming the key and the fix if invalid."""
     cfg = {**DEFAULTS, **config}
-    for key in _POSITIVE_INTS:
+    def number(value: Any) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+    for key, low in (*((k, 1) for k in _POSITIVE_INTS), ("seed", 0)):
         value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not float(value).is_integer() or value < 1:
-            raise ValueError(f"trial config {key}={value!r}: must be a whole number >= 1")
+        if not number(value) or not float(value).is_integer() or value < low:
+            raise ValueError(f"trial config {key}={value!r}: must be a whole number >= {low}")
     for key in ("lr", "divergence_loss"):
         value = cfg[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        if not number(value) or not value > 0:
             raise ValueError(f"trial config {key}={value!r}: must be a number > 0")
     if cfg["validate_on"] not in ("val", "test"):
         raise ValueError(f"trial config validate_on={cfg['validate_on']!r}: use 'val' or 'test'")
@@ -110,6 +114,16 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
 def train_eval_indices(n_train: int, k: int, seed: int = TRAIN_EVAL_SEED) -> np.ndarray:
     """Sorted indices of the fixed training sample: the first ``k`` of a seeded permutation."""
     return np.sort(np.random.default_rng(seed).permutation(n_train)[:min(k, n_train)])
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training images in ``epoch`` (0-based): a function of both alone.
+
+    The loop shuffles with this instead of ``fit(shuffle=True)`` + ``keras.utils.set_random_seed``
+    per epoch: on TensorFlow, reseeding clears the kernel caches, which cost ~1.5 s of every
+    5,000-image CPU epoch (benchmarks/README.md).
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def _diverged(loss: float, limit: float) -> bool:
@@ -148,9 +162,22 @@ def load_checkpoint(directory: str) -> tuple[Any, dict[str, float]]:
         return model, json.load(fh)
 
 
-def _evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
-    out = model.evaluate(x, y, batch_size=batch_size, verbose=0, return_dict=True)
-    return float(out["loss"]), float(out["accuracy"])
+def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(loss, accuracy) of ``model`` in inference mode, as ``model.evaluate`` computes them.
+
+    Batch by batch with ``test_on_batch``, weighting each batch by its size: the same numbers
+    as ``evaluate`` without its per-call input pipeline, which costs ~0.2 s per call on a CPU
+    (a tenth of a 5,000-image epoch). One device sync per evaluation batch, at epoch end only.
+    """
+    if len(y) == 0:
+        return math.nan, math.nan
+    loss = correct = 0.0
+    for start in range(0, len(y), batch_size):
+        yb = y[start:start + batch_size]
+        out = model.test_on_batch(x[start:start + batch_size], yb, return_dict=True)
+        loss += float(out["loss"]) * len(yb)
+        correct += float(out["accuracy"]) * len(yb)
+    return loss / len(y), correct / len(y)
 
 
 def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore_dir: str | None = None,
@@ -199,19 +226,23 @@ def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                       steps_per_execution=int(cfg["steps_per_execution"]))
 
+    shuffled = np.empty_like(x_train)
     for epoch in range(int(state["epoch"]), epochs):
-        # Re-seed per epoch so a resumed trial shuffles exactly as an uninterrupted one.
-        keras.utils.set_random_seed(seed * 100_003 + epoch)
         t0 = time.perf_counter()
-        hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=epoch + 1, initial_epoch=epoch,
-                         shuffle=True, verbose=0, callbacks=list(callbacks))
+        # Re-seeded per epoch: a resumed trial sees exactly the batches an uninterrupted one would.
+        order = epoch_order(seed, epoch, len(y_train))
+        np.take(x_train, order, axis=0, out=shuffled)
+        random.seed(seed * 100_003 + epoch)  # global generators, for callbacks that draw from them
+        np.random.seed((seed * 100_003 + epoch) % 2**32)
+        hist = model.fit(shuffled, y_train[order], batch_size=batch_size, epochs=epoch + 1,
+                         initial_epoch=epoch, shuffle=False, verbose=0, callbacks=list(callbacks))
         train_seconds = time.perf_counter() - t0
         train_loss = float(hist.history["loss"][-1])
         train_acc = float(hist.history["accuracy"][-1])
-        train_eval_loss, train_eval_acc = _evaluate(model, x_sample, y_sample, eval_bs)
-        val_loss, val_acc = _evaluate(model, x_val, y_val, eval_bs)
+        train_eval_loss, train_eval_acc = evaluate(model, x_sample, y_sample, eval_bs)
+        val_loss, val_acc = evaluate(model, x_val, y_val, eval_bs)
         if x_test is not None:
-            test_loss, test_acc = _evaluate(model, x_test, data.y_test, eval_bs)
+            test_loss, test_acc = evaluate(model, x_test, data.y_test, eval_bs)
         elif cfg["validate_on"] == "test":
             test_loss, test_acc = val_loss, val_acc
         diverged = _diverged(train_loss, limit) or not math.isfinite(val_loss)

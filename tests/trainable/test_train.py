@@ -15,6 +15,7 @@ from trainable.train import (
     DEFAULTS,
     METRICS,
     check_config,
+    epoch_order,
     initial_state,
     load_checkpoint,
     train_cnn,
@@ -52,8 +53,9 @@ def test_two_trials_report_every_metric_every_epoch(ray_local, tiny_dataset, tmp
         assert (df["min_val_loss"] == df["val_loss"].cummin()).all()
         assert (df["diverged"] == 0.0).all()
         assert result.checkpoint is not None
-        # The synthetic task is learnable: well above chance (0.1) after 2 epochs.
-        assert df["val_accuracy"].iloc[-1] > 0.4
+        # The synthetic task is learnable: well above chance (0.1) after 2 epochs (He-initialised
+        # relu reaches 0.35-0.5 there on 400 images, lecun-initialised selu 0.9).
+        assert df["val_accuracy"].iloc[-1] > 0.3
 
 
 def test_trial_killed_after_epoch_one_resumes_at_epoch_two_from_checkpoint(
@@ -194,11 +196,18 @@ def test_defaults_hold_every_key_the_sweep_config_derives_from():
             "seed", "validate_on", "evaluate_test", "divergence_loss", "steps_per_execution",
             "eval_batch_size", "checkpoint_every"} <= set(DEFAULTS)
     assert check_config({}) == DEFAULTS
+    assert check_config({"epochs": np.int64(3), "seed": np.int64(7)})["epochs"] == 3  # search spaces
+
+
+def test_epoch_order_depends_on_seed_and_epoch_only():
+    a = epoch_order(5, 2, 1000)
+    assert (a == epoch_order(5, 2, 1000)).all() and sorted(a) == list(range(1000))
+    assert not (a == epoch_order(5, 3, 1000)).all() and not (a == epoch_order(6, 2, 1000)).all()
 
 
 @pytest.mark.parametrize("key, value", [("checkpoint_every", 0), ("eval_batch_size", 1.5),
                                         ("steps_per_execution", True), ("epochs", "3"), ("lr", 0.0),
-                                        ("validate_on", "train")])
+                                        ("validate_on", "train"), ("seed", -1), ("seed", 0.5)])
 def test_bad_trial_config_names_the_key(key, value):
     with pytest.raises(ValueError, match=key):
         check_config({key: value})
