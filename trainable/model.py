@@ -12,11 +12,28 @@ INITIALIZERS: tuple[str, ...] = ("auto", "glorot_uniform", "glorot_normal", "lec
                                  "lecun_uniform", "he_normal", "he_uniform")
 
 
+# He initialisation keeps the activations' variance for rectifier-like units (zero or small
+# for negative inputs, identity-like for positive ones); LeCun normal is what SELU's
+# self-normalisation assumes; Glorot suits symmetric saturating units such as tanh.
+HE_FAMILY: frozenset[str] = frozenset({"relu", "leaky_relu", "elu", "gelu", "swish", "silu"})
+
+
 def resolve_initializer(activation: str, kernel_initializer: str = "auto") -> str:
-    """``auto`` is lecun_normal for selu (what the SELU paper requires), glorot_uniform otherwise."""
-    if kernel_initializer == "auto":
-        return "lecun_normal" if activation == "selu" else "glorot_uniform"
-    return kernel_initializer
+    """The kernel initialiser a layer with ``activation`` gets; the one place ``auto`` is decided.
+
+    ``auto`` gives each activation its recommended initialiser: ``he_normal`` for the ReLU
+    family (``HE_FAMILY``: relu, leaky_relu, elu, gelu, swish), ``lecun_normal`` for selu (what
+    the SELU paper requires), ``glorot_uniform`` otherwise (tanh). An explicit name from
+    ``INITIALIZERS`` is returned unchanged; every layer of the CNN, the softmax output included,
+    uses the resolved initialiser.
+    """
+    if kernel_initializer not in INITIALIZERS:
+        raise ValueError(f"unknown kernel_initializer {kernel_initializer!r}; use one of {INITIALIZERS}")
+    if kernel_initializer != "auto":
+        return kernel_initializer
+    if activation == "selu":
+        return "lecun_normal"
+    return "he_normal" if activation in HE_FAMILY else "glorot_uniform"
 
 
 def build_model(activation: str = "relu", kernel_initializer: str = "auto", dropout: float = 0.0,
@@ -32,8 +49,6 @@ def build_model(activation: str = "relu", kernel_initializer: str = "auto", drop
 
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; use one of {ACTIVATIONS}")
-    if kernel_initializer not in INITIALIZERS:
-        raise ValueError(f"unknown kernel_initializer {kernel_initializer!r}; use one of {INITIALIZERS}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
     init_name = resolve_initializer(activation, kernel_initializer)

@@ -1,93 +1,196 @@
 """The Ray Tune function trainable: trains the CNN epoch by epoch and reports every epoch.
 
-Trial config keys (all optional but ``activation``; see ``DEFAULTS``):
-    activation, lr, epochs, batch_size, kernel_initializer, normalization, dropout, seed,
-    validate_on ("val" or "test": which split the val_* metrics are measured on),
-    evaluate_test (also report test_loss/test_accuracy every epoch).
+Trial config keys: see ``DEFAULTS`` (every key optional; the sweep config derives its own
+training defaults from it).
 
-Each epoch reports a flat dict of floats (``METRICS``) with a checkpoint holding the model,
-its optimizer state and the epoch, so a retried or resumed trial continues where it stopped.
-A NaN, infinite or exploded (> ``divergence_loss``) training loss ends the trial at once
-with ``diverged = 1.0``: a result of the search, not a crash.
+Each epoch reports a flat dict of floats (``METRICS``). Every ``checkpoint_every`` epochs, and
+always after the last one, the report carries a checkpoint (model, optimizer state, epoch and
+the running bests), so a retried or resumed trial continues from the last checkpoint.
+
+Overfitting is measured in inference mode: at each epoch end the model is evaluated on a fixed
+sample of the training split as large as the validation split (``train_eval_*``; the same
+images in every epoch and every trial), and ``generalization_gap`` = train_eval_accuracy -
+val_accuracy. ``train_loss``/``train_accuracy`` stay the running averages of the fit, which mix
+weights from the whole epoch and include dropout.
+
+A NaN, infinite or exploded (> ``divergence_loss``) epoch training loss ends the trial after
+that epoch with ``diverged = 1.0``: a result of the search, not a crash. The check runs once
+per epoch, on the loss the fit returns, so training never waits on the device per batch.
+
+``train_loop`` is the training loop itself, independent of Ray (the benchmark calls it with a
+plain ``report`` function); ``train_cnn`` is its Ray Tune wrapper.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
+import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
+from trainable import _backend  # noqa: F401  (quiet TensorFlow start-up: before any keras import)
 from trainable.data import Dataset, normalize
 
 DEFAULTS: dict[str, Any] = {
+    # Activation of both conv layers; one of trainable.model.ACTIVATIONS.
     "activation": "relu",
+    # Adam learning rate.
     "lr": 1e-3,
+    # Training epochs (the trial's budget; schedulers such as ASHA may stop it earlier).
     "epochs": 50,
+    # Training batch size (images per optimizer step).
     "batch_size": 100,
+    # "auto" = each activation's recommended init (trainable.model.resolve_initializer), or a name.
     "kernel_initializer": "auto",
+    # Input scaling: "scale" (x/255) or "standardize" (per-channel z-scores of the training split).
     "normalization": "scale",
+    # Dropout rate after each pooling layer (AlphaDropout for selu); 0 disables it.
     "dropout": 0.0,
+    # Seeds weights, dropout and shuffling (whole number >= 0). Each epoch's order depends only on
+    # (seed, epoch), so a resumed trial shuffles exactly like an uninterrupted one.
     "seed": 0,
+    # Split measured by the val_* metrics: "val" (held out from training) or "test".
     "validate_on": "val",
+    # Also report test_loss/test_accuracy every epoch.
     "evaluate_test": False,
-    # Training loss (nats) above which a trial counts as diverged. The untrained CNN starts
+    # Epoch training loss (nats) above which a trial counts as diverged. The untrained CNN starts
     # near ln(10) = 2.3; Adam at lr 1e3 reaches ~1e13 without ever producing a NaN.
     "divergence_loss": 100.0,
+    # Training batches per compiled call (Keras steps_per_execution): fewer Python/device round
+    # trips. Measured on 2 CPUs (benchmarks/README.md): no gain over 1 there; helps on GPUs.
+    "steps_per_execution": 1,
+    # Batch size of every evaluation (validation, training sample, test). Inference only, so it
+    # can be far larger than the training batch; large batches keep a GPU busy.
+    "eval_batch_size": 1000,
+    # Save a checkpoint every this many epochs, and always after the last one. A retried trial
+    # repeats at most checkpoint_every - 1 epochs. Measured: saving costs ~1% of a 5,000-image
+    # CPU epoch, so 2 keeps it under the 2% budget (benchmarks/README.md).
+    "checkpoint_every": 2,
 }
 
 METRICS: tuple[str, ...] = (
-    "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "generalization_gap",
-    "epoch_seconds", "images_per_second", "best_val_accuracy", "target_epochs", "diverged",
+    "epoch", "train_loss", "train_accuracy", "train_eval_loss", "train_eval_accuracy",
+    "val_loss", "val_accuracy", "generalization_gap", "epoch_seconds", "images_per_second",
+    "best_val_accuracy", "best_epoch", "min_val_loss", "min_val_loss_epoch", "target_epochs",
+    "diverged",
 )
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
+# The training sample evaluated for train_eval_* is drawn with this seed, never the trial's:
+# every trial of a sweep measures overfitting on the same images.
+TRAIN_EVAL_SEED = 20_170_608
+
+Report = Callable[[dict[str, float], "str | None"], None]
+
+_POSITIVE_INTS = ("epochs", "batch_size", "steps_per_execution", "eval_batch_size", "checkpoint_every")
 
 
-def _trial_cpus() -> int:
-    try:
-        from ray import tune
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``DEFAULTS`` updated with ``config``; a ``ValueError`` naming the key and the fix if invalid."""
+    cfg = {**DEFAULTS, **config}
+    def number(value: Any) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
-        resources = tune.get_context().get_trial_resources().required_resources
-        return max(1, int(resources.get("CPU", 1)))
-    except Exception:  # outside Tune
-        return os.cpu_count() or 1
+    for key, low in (*((k, 1) for k in _POSITIVE_INTS), ("seed", 0)):
+        value = cfg[key]
+        if not number(value) or not float(value).is_integer() or value < low:
+            raise ValueError(f"trial config {key}={value!r}: must be a whole number >= {low}")
+    for key in ("lr", "divergence_loss"):
+        value = cfg[key]
+        if not number(value) or not value > 0:
+            raise ValueError(f"trial config {key}={value!r}: must be a number > 0")
+    if cfg["validate_on"] not in ("val", "test"):
+        raise ValueError(f"trial config validate_on={cfg['validate_on']!r}: use 'val' or 'test'")
+    return cfg
+
+
+def train_eval_indices(n_train: int, k: int, seed: int = TRAIN_EVAL_SEED) -> np.ndarray:
+    """Sorted indices of the fixed training sample: the first ``k`` of a seeded permutation."""
+    return np.sort(np.random.default_rng(seed).permutation(n_train)[:min(k, n_train)])
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of the ``n`` training images in ``epoch`` (0-based): a function of both alone.
+
+    The loop shuffles with this instead of ``fit(shuffle=True)`` + ``keras.utils.set_random_seed``
+    per epoch: on TensorFlow, reseeding clears the kernel caches, which cost ~1.5 s of every
+    5,000-image CPU epoch (benchmarks/README.md).
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def _diverged(loss: float, limit: float) -> bool:
     return not math.isfinite(loss) or loss > limit
 
 
-def _divergence_callback(limit: float):
+def initial_state() -> dict[str, float]:
+    """The loop's state before epoch 1 (saved with every checkpoint as ``state.json``)."""
+    return {"epoch": 0.0, "best_val_accuracy": -math.inf, "best_epoch": 0.0,
+            "min_val_loss": math.nan, "min_val_loss_epoch": math.nan}
+
+
+def update_bests(state: dict[str, float], epoch: float, val_accuracy: float, val_loss: float) -> None:
+    """Fold one epoch into the running bests, the way ``analysis.metrics`` reads them back:
+    ``best_epoch`` is the first epoch reaching the best val_accuracy; ``min_val_loss`` ignores
+    non-finite losses and stays NaN (with its epoch) until a finite one arrives."""
+    if val_accuracy > state["best_val_accuracy"]:
+        state.update(best_val_accuracy=val_accuracy, best_epoch=epoch)
+    if math.isfinite(val_loss) and not val_loss >= state["min_val_loss"]:  # true against NaN
+        state.update(min_val_loss=val_loss, min_val_loss_epoch=epoch)
+    state["epoch"] = epoch
+
+
+def save_checkpoint(model: Any, state: dict[str, float], directory: str) -> None:
+    """Write the model (with its optimizer state) and the loop's ``state`` into ``directory``."""
+    model.save(os.path.join(directory, CHECKPOINT_MODEL))
+    with open(os.path.join(directory, CHECKPOINT_STATE), "w") as fh:
+        json.dump(state, fh)
+
+
+def load_checkpoint(directory: str) -> tuple[Any, dict[str, float]]:
     import keras
 
-    class StopOnDivergence(keras.callbacks.Callback):
-        """Stop within the epoch once a batch loss is non-finite or above ``limit``."""
-
-        def on_train_batch_end(self, batch, logs=None):
-            loss = float((logs or {}).get("loss", 0.0))
-            if _diverged(loss, limit):
-                self.model.stop_training = True
-
-    return StopOnDivergence()
+    model = keras.models.load_model(os.path.join(directory, CHECKPOINT_MODEL))
+    with open(os.path.join(directory, CHECKPOINT_STATE)) as fh:
+        return model, json.load(fh)
 
 
-def train_cnn(config: dict[str, Any], data: Dataset, callbacks: Sequence[Any] = ()) -> None:
-    """Ray Tune function trainable. Use with ``tune.with_parameters(train_cnn, data=dataset)``.
+def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """(loss, accuracy) of ``model`` in inference mode, as ``model.evaluate`` computes them.
 
-    ``callbacks`` are extra Keras callbacks passed to every ``fit`` call (they see the
-    trial's true epoch index, also after a restore).
+    Batch by batch with ``test_on_batch``, weighting each batch by its size: the same numbers
+    as ``evaluate`` without its per-call input pipeline, which costs ~0.2 s per call on a CPU
+    (a tenth of a 5,000-image epoch). One device sync per evaluation batch, at epoch end only.
     """
-    cfg = {**DEFAULTS, **config}
-    from trainable._backend import configure_process
+    if len(y) == 0:
+        return math.nan, math.nan
+    loss = correct = 0.0
+    for start in range(0, len(y), batch_size):
+        yb = y[start:start + batch_size]
+        out = model.test_on_batch(x[start:start + batch_size], yb, return_dict=True)
+        loss += float(out["loss"]) * len(yb)
+        correct += float(out["accuracy"]) * len(yb)
+    return loss / len(y), correct / len(y)
 
-    configure_process(_trial_cpus())
 
+def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore_dir: str | None = None,
+               callbacks: Sequence[Any] = ()) -> None:
+    """Train the CNN ``config`` describes on ``data``, calling ``report(metrics, checkpoint_dir)``
+    after every epoch (``checkpoint_dir`` is ``None`` between checkpoints and is only valid
+    during the call). ``restore_dir`` continues from a checkpoint written by this loop.
+
+    Call ``trainable._backend.configure_process`` first in a fresh process. ``callbacks`` are
+    extra Keras callbacks for every ``fit`` call (they see the trial's true epoch index).
+    """
+    cfg = check_config(config)
     import keras
-    from ray import tune
 
     from trainable.model import build_model
 
@@ -95,6 +198,8 @@ def train_cnn(config: dict[str, Any], data: Dataset, callbacks: Sequence[Any] = 
     limit = float(cfg["divergence_loss"])
     epochs = int(cfg["epochs"])
     batch_size = int(cfg["batch_size"])
+    eval_bs = int(cfg["eval_batch_size"])
+    every = int(cfg["checkpoint_every"])
 
     def prep(x):
         return normalize(x, cfg["normalization"], data.channel_mean, data.channel_std)
@@ -107,59 +212,115 @@ def train_cnn(config: dict[str, Any], data: Dataset, callbacks: Sequence[Any] = 
             raise ValueError("validate_on='val' needs a validation split (val_size > 0)")
         x_val, y_val = prep(data.x_val), data.y_val
     x_test = prep(data.x_test) if cfg["evaluate_test"] and cfg["validate_on"] != "test" else None
+    sample = train_eval_indices(len(y_train), len(y_val))
+    x_sample, y_sample = x_train[sample], y_train[sample]
 
-    start_epoch, best_val = 0, 0.0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            model = keras.models.load_model(os.path.join(ckpt_dir, CHECKPOINT_MODEL))
-            with open(os.path.join(ckpt_dir, CHECKPOINT_STATE)) as fh:
-                state = json.load(fh)
-        start_epoch, best_val = int(state["epoch"]), float(state["best_val_accuracy"])
+    state = initial_state()
+    if restore_dir is not None:
+        model, saved = load_checkpoint(restore_dir)
+        state.update(saved)
     else:
         keras.utils.set_random_seed(seed)
-        model = build_model(cfg["activation"], cfg["kernel_initializer"], float(cfg["dropout"]),
-                            seed=seed)
+        model = build_model(cfg["activation"], cfg["kernel_initializer"], float(cfg["dropout"]), seed=seed)
         model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(cfg["lr"])),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      steps_per_execution=int(cfg["steps_per_execution"]))
 
-    for epoch in range(start_epoch, epochs):
-        # Re-seed per epoch so a resumed trial shuffles exactly as an uninterrupted one.
-        keras.utils.set_random_seed((seed * 100_003 + epoch) % 2**31)
+    shuffled = np.empty_like(x_train)
+    for epoch in range(int(state["epoch"]), epochs):
         t0 = time.perf_counter()
-        hist = model.fit(x_train, y_train, batch_size=batch_size, epochs=epoch + 1,
-                         initial_epoch=epoch, shuffle=True, verbose=0,
-                         callbacks=[_divergence_callback(limit), *callbacks])
+        # Re-seeded per epoch: a resumed trial sees exactly the batches an uninterrupted one would.
+        order = epoch_order(seed, epoch, len(y_train))
+        np.take(x_train, order, axis=0, out=shuffled)
+        random.seed(seed * 100_003 + epoch)  # global generators, for callbacks that draw from them
+        np.random.seed((seed * 100_003 + epoch) % 2**32)
+        hist = model.fit(shuffled, y_train[order], batch_size=batch_size, epochs=epoch + 1,
+                         initial_epoch=epoch, shuffle=False, verbose=0, callbacks=list(callbacks))
         train_seconds = time.perf_counter() - t0
         train_loss = float(hist.history["loss"][-1])
         train_acc = float(hist.history["accuracy"][-1])
-        val_loss, val_acc = (float(v) for v in model.evaluate(x_val, y_val, batch_size=1000, verbose=0))
+        train_eval_loss, train_eval_acc = evaluate(model, x_sample, y_sample, eval_bs)
+        val_loss, val_acc = evaluate(model, x_val, y_val, eval_bs)
+        if x_test is not None:
+            test_loss, test_acc = evaluate(model, x_test, data.y_test, eval_bs)
+        elif cfg["validate_on"] == "test":
+            test_loss, test_acc = val_loss, val_acc
         diverged = _diverged(train_loss, limit) or not math.isfinite(val_loss)
-        best_val = max(best_val, val_acc)
+
+        done = float(epoch + 1)
+        update_bests(state, done, val_acc, val_loss)
         metrics = {
-            "epoch": float(epoch + 1),
+            "epoch": done,
             "train_loss": train_loss,
             "train_accuracy": train_acc,
+            "train_eval_loss": train_eval_loss,
+            "train_eval_accuracy": train_eval_acc,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
-            "generalization_gap": train_acc - val_acc,
+            "generalization_gap": train_eval_acc - val_acc,
             "epoch_seconds": time.perf_counter() - t0,
             "images_per_second": len(y_train) / train_seconds,
-            "best_val_accuracy": best_val,
+            "best_val_accuracy": float(state["best_val_accuracy"]),
+            "best_epoch": float(state["best_epoch"]),
+            "min_val_loss": float(state["min_val_loss"]),
+            "min_val_loss_epoch": float(state["min_val_loss_epoch"]),
             "target_epochs": float(epochs),
             "diverged": float(diverged),
         }
-        if x_test is not None:
-            test_loss, test_acc = (float(v) for v in model.evaluate(x_test, data.y_test,
-                                                                     batch_size=1000, verbose=0))
+        if x_test is not None or cfg["validate_on"] == "test":
             metrics.update(test_loss=test_loss, test_accuracy=test_acc)
-        elif cfg["validate_on"] == "test":
-            metrics.update(test_loss=val_loss, test_accuracy=val_acc)
         if diverged:
-            tune.report(metrics)  # no checkpoint of NaN weights; the trial ends here
+            report(metrics, None)  # no checkpoint of exploded weights; the trial ends here
             return
+        if (epoch + 1) % every and epoch + 1 != epochs:
+            report(metrics, None)
+            continue
         with tempfile.TemporaryDirectory() as tmp:
-            model.save(os.path.join(tmp, CHECKPOINT_MODEL))
-            with open(os.path.join(tmp, CHECKPOINT_STATE), "w") as fh:
-                json.dump({"epoch": epoch + 1, "best_val_accuracy": best_val}, fh)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            save_checkpoint(model, state, tmp)
+            report(metrics, tmp)
+
+
+def _trial_resources() -> tuple[int, float]:
+    """(CPUs, GPUs) this Tune trial asked for; outside Tune, all CPUs and no GPU."""
+    try:
+        from ray import tune
+
+        resources = tune.get_context().get_trial_resources().required_resources
+    except Exception:  # outside Tune
+        return os.cpu_count() or 1, 0.0
+    return max(1, int(resources.get("CPU", 1))), float(resources.get("GPU", 0.0))
+
+
+def train_cnn(config: dict[str, Any], data: Dataset | dict[int, Dataset],
+              callbacks: Sequence[Any] = ()) -> None:
+    """Ray Tune function trainable. Use with ``tune.with_parameters(train_cnn, data=dataset)``.
+
+    ``data`` may map split seeds to datasets (a sweep with ``data.vary_split``): the trial then
+    trains on ``data[config["split_seed"]]``.
+
+    Threads and the GPU memory cap follow the trial's resources (``cpu``, fractional ``gpu``).
+    ``callbacks`` are extra Keras callbacks passed to every ``fit`` call (they see the trial's
+    true epoch index, also after a restore).
+    """
+    check_config(config)  # a bad config fails before the backend starts
+    if isinstance(data, dict):
+        if config.get("split_seed") not in data:
+            raise ValueError(f"trial config split_seed={config.get('split_seed')!r}: no such split; "
+                             f"the sweep made {sorted(data)}")
+        data = data[config["split_seed"]]
+    from trainable._backend import configure_process
+
+    configure_process(*_trial_resources())
+
+    from ray import tune
+
+    def report(metrics: dict[str, float], checkpoint_dir: str | None) -> None:
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        train_loop(config, data, report, callbacks=callbacks)
+        return
+    with checkpoint.as_directory() as ckpt_dir:
+        train_loop(config, data, report, restore_dir=ckpt_dir, callbacks=callbacks)

@@ -14,12 +14,25 @@ def test_original_cnn_has_42442_parameters(activation):
     assert model.layers[0].activation.__name__ in (activation, "silu")
 
 
-def test_auto_initializer_is_lecun_normal_for_selu_only():
-    assert resolve_initializer("selu", "auto") == "lecun_normal"
-    assert resolve_initializer("relu", "auto") == "glorot_uniform"
+@pytest.mark.parametrize("activation, expected", [
+    ("relu", "he_normal"), ("elu", "he_normal"), ("gelu", "he_normal"), ("swish", "he_normal"),
+    ("leaky_relu", "he_normal"), ("selu", "lecun_normal"), ("tanh", "glorot_uniform"),
+])
+def test_auto_initializer_is_each_activations_recommended_one(activation, expected):
+    assert resolve_initializer(activation, "auto") == expected
+    assert resolve_initializer(activation) == expected
+
+
+def test_explicit_initializer_wins_and_reaches_every_layer():
     assert resolve_initializer("selu", "glorot_uniform") == "glorot_uniform"
-    conv = build_model("selu").layers[0]
-    assert type(conv.kernel_initializer).__name__ == "LecunNormal"
+    assert resolve_initializer("relu", "lecun_normal") == "lecun_normal"
+    with pytest.raises(ValueError, match="unknown kernel_initializer"):
+        resolve_initializer("relu", "he")
+    for activation, cls in [("selu", "LecunNormal"), ("relu", "HeNormal"), ("tanh", "GlorotUniform")]:
+        model = build_model(activation)
+        kernels = [type(layer.kernel_initializer).__name__ for layer in model.layers
+                   if hasattr(layer, "kernel_initializer")]
+        assert kernels == [cls] * 3, (activation, kernels)
 
 
 def test_dropout_is_alpha_dropout_for_selu_and_keeps_param_count():
