@@ -93,11 +93,20 @@ def equivalence_margin(meta: dict | None) -> tuple[float, list[str]]:
 
 
 def resolve_initializer(activation: Any, kernel_initializer: Any) -> str:
-    """Mirrors trainable.model.resolve_initializer (not imported: the analysis needs no Keras)."""
+    """The initializer a trial used, as ``trainable.model.resolve_initializer`` decides it (that
+    module imports no Keras at load time); ``auto = he_normal`` style when it was ``auto``."""
+    from trainable.model import INITIALIZERS
+    from trainable.model import resolve_initializer as resolve
+
     if kernel_initializer in (None, "") or kernel_initializer != kernel_initializer:
         return "not recorded"
+    if kernel_initializer not in INITIALIZERS:
+        return str(kernel_initializer)
     if kernel_initializer == "auto":
-        return f"auto = {'lecun_normal' if activation == 'selu' else 'glorot_uniform'}"
+        try:
+            return f"auto = {resolve(str(activation), 'auto')}"
+        except ValueError:
+            return "auto"
     return str(kernel_initializer)
 
 

@@ -210,7 +210,8 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         _table(_data_table(report)), "",
         _table(report.run_summary, ".3f"), "",
         "Epochs trained and compute hours (sum of each epoch's `epoch_seconds`) count every trial of "
-        "both stages. `auto` initializer = lecun_normal for selu, glorot_uniform otherwise.", "",
+        "both stages. `auto` initializer = each activation's recommended one: he_normal for the ReLU "
+        "family, lecun_normal for selu, glorot_uniform otherwise.", "",
         "## Activation level (unit: replicate)", "",
         _table(_tests_table(report.comparisons, ACTIVATION)), "",
         "Replicate means (each the mean over that replicate's finished seeds):", "",

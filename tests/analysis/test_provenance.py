@@ -48,6 +48,6 @@ def test_run_summary_counts_replicates_trials_epochs_and_compute():
     assert s.loc["relu", "replicates"] == 2 and s.loc["relu", "search_trials"] == 3
     assert s.loc["relu", "search_trials_per_replicate"] == "1-2" and s.loc["relu", "epochs_trained"] == 3
     assert s.loc["relu", "compute_hours"] == 1.0
-    assert s.loc["relu", "kernel_initializer"] == "auto = glorot_uniform"
+    assert s.loc["relu", "kernel_initializer"] == "auto = he_normal"
     assert s.loc["selu", "kernel_initializer"] == "he_normal"
     assert s.loc["selu", "confirm_seeds_per_replicate"] == "1"

@@ -54,7 +54,7 @@ def test_report_says_what_was_run(written):
     md = Path(paths["md"]).read_text()
     assert "## What was run" in md
     assert "| sim | synthetic | False | 500 | 100 | 100 | abc123 | 5 | 12 | 5 |" in md
-    assert "auto = lecun_normal" in md and "auto = glorot_uniform" in md
+    assert "auto = lecun_normal" in md and "auto = he_normal" in md
     assert "compute_hours" in md and "epochs_trained" in md
     assert "Expected best validation accuracy" in md and (out / "figures" / "expected_best.png").exists()
     for name in ("replicate_means", "overfitting_by_epoch", "learning_curves"):
