@@ -123,7 +123,7 @@ def load_data(cfg: SweepConfig):
 def data_info(dataset) -> dict[str, Any]:
     ds = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset
     kind = "synthetic" if str(ds.source).startswith("synthetic") else "cifar10"
-    return {"source": ds.source, "kind": kind, **ds.sizes,
+    return {"source": kind, "detail": ds.source, **ds.sizes,
             "digest": getattr(ds, "digest", None), "official": getattr(ds, "official", None),
             "warnings": list(getattr(ds, "data_warnings", ()))}
 

@@ -4,7 +4,7 @@ Layout::
 
     .selu-sweep.json  ownership marker: tool, version, name, creation time, experiment id
     config.yaml       the resolved config (passwords redacted), user-readable only
-    data.json         the data the sweep trained on: source, sizes, digest, official or not
+    data.json         the data: source (cifar10 | synthetic), detail, sizes, digest, official or not
     runs.jsonl        one line per start or resume: time, host, command line
     optuna.db         the Optuna studies (SQLite; or search.optuna_storage)
     search/ confirm/  the Ray Tune experiments of the two stages

@@ -40,7 +40,7 @@ def test_real_sweep_loads_into_trial_and_epoch_tables(smoke_sweep):
     assert (t["start_time"] > first_ts.min() - 3600).all()
     assert {"replicate", *EPOCH_COLUMNS} <= set(e.columns)
     assert res.meta[exp.name]["config"]["name"] == exp.name
-    assert res.meta[exp.name]["data"]["kind"] == "synthetic"
+    assert res.meta[exp.name]["data"]["source"] == "synthetic"
     studies = load_studies(res)
     exp_id = json.loads((exp / ".selu-sweep.json").read_text())["experiment_id"]
     assert set(studies) == {f"smoke-{exp_id}-{a}-r{r}" for a in ("relu", "selu") for r in (0, 1)}

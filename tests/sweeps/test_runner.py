@@ -94,7 +94,7 @@ def test_sweep_ends_with_a_report_and_records_what_it_ran(smoke_sweep):
     assert (exp / "config.yaml").stat().st_mode & 0o077 == 0, "config.yaml is readable by the user only"
     assert exp.stat().st_mode & 0o077 == 0, "the experiment directory is the user's only"
     data = json.loads((exp / "data.json").read_text())
-    assert data["kind"] == "synthetic" and data["source"].startswith("synthetic") and data["train"] > 0
+    assert data["source"] == "synthetic" and data["detail"].startswith("synthetic") and data["train"] > 0
     runs = [json.loads(line) for line in (exp / "runs.jsonl").read_text().splitlines()]
     assert [r["mode"] for r in runs] == ["start"]
 
