@@ -36,6 +36,9 @@ def quiet_logs() -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created" per study
 
 
 def resolve_address(address: str | None) -> str:
