@@ -172,7 +172,7 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
             os.environ["WANDB_MODE"] = "offline"
         # W&B writes a run's files as it finishes, after Ray's last copy of the trial directory into
         # the experiment: so not there, but straight into the experiment (when local).
-        where = os.environ.get("WANDB_DIR") or (os.getcwd() if exp.remote else exp.path)
+        where = os.path.abspath(os.environ.get("WANDB_DIR") or ("." if exp.remote else exp.path))
         callbacks.append(WandbLoggerCallback(project=w.project, group=cfg.name, mode=w.mode, dir=where,
                                              upload_checkpoints=False, save_checkpoints=False))
     return callbacks
