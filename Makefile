@@ -6,11 +6,19 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: test sweep smoke lint bench clean
 
+LOG    := $(VENV)/setup.log
+# Run a set-up step quietly: its output goes to $(LOG), shown only when the step fails.
+QUIET   = >>$(LOG) 2>&1 || { echo "setup failed; the log ($(LOG)) ends with:"; tail -n 40 $(LOG); exit 1; }
+
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
-	touch $(STAMP)
+	@test -x $(PY) || { echo "setup: creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@: > $(LOG)
+	@echo "setup: upgrading pip"
+	@$(PY) -m pip install --quiet --upgrade pip $(QUIET)
+	@echo "setup: installing selu-sweep with its dev tools and integrations (log: $(LOG))"
+	@$(PY) -m pip install --quiet -e ".[dev]" $(QUIET)
+	@touch $(STAMP)
+	@echo "setup: done"
 
 test: $(STAMP)           ## run the test suite (offline, ~5 min on 2 cores)
 	$(PY) -m ruff check .

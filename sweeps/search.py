@@ -197,6 +197,8 @@ class PerArmScheduler(FIFOScheduler):
         return next(iter(self._by_arm.values()))
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
+        if (metric, mode) == (self._metric, self._mode):  # TuneConfig names the metric it was built with
+            return True
         return all(s.set_search_properties(metric, mode, **spec) for s in self._by_arm.values())
 
     def on_trial_add(self, tune_controller, trial):
