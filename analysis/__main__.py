@@ -19,13 +19,18 @@ from pathlib import Path
 from analysis.load import AnalysisError, _text, check_experiment
 
 
+def _prog() -> str:
+    """The name the user typed: the installed ``selu-analysis`` command, else ``python -m analysis``."""
+    return "selu-analysis" if os.path.basename(sys.argv[0]) == "selu-analysis" else "python -m analysis"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise AnalysisError(f"{message} (see --help)")
 
 
 def _parser() -> _Parser:
-    parser = _Parser(prog="python -m analysis", description="Write report.md, report.html, trials.csv, "
+    parser = _Parser(prog=_prog(), description="Write report.md, report.html, trials.csv, "
                      "epochs.csv (+ Parquet) and figures/*.png for one or more experiment directories. "
                      "Reads the experiments only; writes nothing but --out.")
     parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR",

@@ -461,7 +461,7 @@ class AnalysisConfig(_Section):
 @dataclass(frozen=True)
 class MlflowConfig(_Section):
     KEY: ClassVar[str] = "logging.mlflow"
-    tracking_uri: str = "mlruns"      # a directory (file store) or an http(s):// tracking server
+    tracking_uri: str = "mlruns"      # a directory (SQLite store mlflow.db in it), sqlite:/// or http(s)://
     experiment: str = "selu-sweep"    # MLflow experiment name
 
 

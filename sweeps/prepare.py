@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from sweeps import seeds
+from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.ray_session import check_address
 from sweeps.seeds import study_name
@@ -73,6 +73,7 @@ def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
     if cfg.search.optuna_storage:
         check_database_url(cfg.search.optuna_storage)
     check_address(cfg.address)
+    trackers.check(cfg)
     exists = exp.has_sweep()
     if exists and not (options.resume or options.overwrite or options.confirm_only):
         raise ConfigError(f"{exp} already holds a sweep named '{cfg.name}'; pass --resume to continue "

@@ -258,8 +258,7 @@ def _console_script(name: str) -> Path:
 
 @pytest.mark.parametrize("name", [
     "selu-sweep",
-    pytest.param("selu-analysis", marks=pytest.mark.xfail(
-        strict=True, reason="analysis/__main__.py still says 'python -m analysis' (prog)")),
+    "selu-analysis",
 ])
 def test_installed_commands_name_themselves_in_help(name):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
