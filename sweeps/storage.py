@@ -96,6 +96,7 @@ def check_database_url(url: str) -> None:
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     shown = redact(url)
+    _remember(url)  # a resumed run unpickles its saved study storage with this URL's password
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
@@ -150,13 +151,49 @@ def check_study_database(url: str) -> None:
 
 
 def optuna_storage(url: str):
-    """An Optuna RDBStorage; SQLite waits for a busy database instead of failing after 5 s."""
-    import optuna
-
+    """An Optuna RDBStorage that pickles without the password; SQLite waits for a busy database
+    instead of failing after 5 s."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    return optuna.storages.RDBStorage(url, **kwargs)
+    _remember(url)
+    return __getattr__("PasswordlessRDBStorage")(url, **kwargs)
+
+
+# Database URLs given to this process, by their redacted form: a pickled storage carries only the
+# redacted URL and gets the password back from here when a resumed run (given the URL again) loads it.
+_FULL_URLS: dict[str, str] = {}
+
+
+def _remember(url: str) -> None:
+    shown = redact(url)
+    if shown != url:
+        _FULL_URLS[shown] = url
+
+
+def _passwordless_rdb_storage():
+    import optuna
+
+    class PasswordlessRDBStorage(optuna.storages.RDBStorage):
+        """Tune pickles the searcher, and so its storage, into the experiment directory (tuner.pkl,
+        searcher-state-*.pkl): the pickle holds the URL without the password."""
+
+        def __getstate__(self):
+            return {**super().__getstate__(), "url": redact(self.url)}
+
+        def __setstate__(self, state):
+            super().__setstate__({**state, "url": _FULL_URLS.get(state["url"], state["url"])})
+
+    cls = PasswordlessRDBStorage
+    cls.__module__, cls.__qualname__ = __name__, cls.__name__  # picklable as sweeps.storage.<name>
+    return cls
+
+
+def __getattr__(name: str):  # PEP 562: the class is made on first use, as optuna is slow to import
+    if name == "PasswordlessRDBStorage":
+        globals()[name] = _passwordless_rdb_storage()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _atomic_local_write(path: str, data: bytes, mode: int) -> None:

@@ -111,11 +111,11 @@ def test_report_files_exist_and_html_embeds_its_images(smoke_sweep, tmp_path):
     assert not re.search(r'src="(?!data:)', html), "every image is embedded, none linked"
     md = (out / "report.md").read_text()
     record = json.loads((out / "verdict.json").read_text())
-    # one replicate, two seeds per arm: no activation claim, and no seed-level test either
+    # two replicates, two seeds per arm: no activation claim, and no seed-level test either
     assert record["winner"] is None and record["tested"] is False
     assert "at least 3 needed" in record["reason"] and "at least 3 needed" in md
     trials = pd.read_csv(written["trials_csv"])
-    assert len(trials) == 10 and len(pd.read_parquet(out / "epochs.parquet")) == 20
+    assert len(trials) == 16 and len(pd.read_parquet(out / "epochs.parquet")) == 32
 
 
 def test_cli_writes_the_report(smoke_sweep, tmp_path):
