@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import io
 import math
 import os
 import platform
@@ -199,15 +201,20 @@ def tune_checkpoint_seconds(reps: int, storage: Path) -> float:
     import ray
     from ray import tune
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
-    try:
-        tuner = tune.Tuner(tune.with_resources(_tune_checkpoint_trial, {"cpu": 1}),
-                           param_space={"reps": reps},
-                           run_config=tune.RunConfig(storage_path=str(storage), name="ckpt", verbose=0))
-        metrics = tuner.fit()[0].metrics
-    finally:
-        ray.shutdown()
+    chatter = io.StringIO()  # Ray's start-up notes and Tune's experiment box: not part of the table
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            tuner = tune.Tuner(tune.with_resources(_tune_checkpoint_trial, {"cpu": 1}),
+                               param_space={"reps": reps},
+                               run_config=tune.RunConfig(storage_path=str(storage), name="ckpt", verbose=0))
+            result = tuner.fit()[0]
+        finally:
+            ray.shutdown()
+    if result.error is not None:
+        raise RuntimeError(f"the Tune checkpoint trial failed: {result.error}")
+    metrics = result.metrics
     return metrics["checkpoint"] - metrics["plain"]
 
 
@@ -250,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {cfg['batch_size']}; {os.environ.get('TF_NUM_INTRAOP_THREADS')} threads; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"Keras {keras.__version__} ({keras.backend.backend()})")
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"# load average (1/5/15 min) at the end: {load}; CPU time counts this process only, so it "
+          "is less disturbed by other jobs than wall time")
     print(f"# B config: steps_per_execution={cfg['steps_per_execution']}, eval_batch_size="
           f"{cfg['eval_batch_size']}, checkpoint_every={cfg['checkpoint_every']}; runs interleaved A B A B")
     print("| run                  | pair | wall s | images/s | CPU s | images/CPU-s |")

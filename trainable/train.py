@@ -99,6 +99,7 @@ _POSITIVE_INTS = ("epochs", "batch_size", "steps_per_execution", "eval_batch_siz
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
     """``DEFAULTS`` updated with ``config``; a ``ValueError`` naming the key and the fix if invalid."""
     cfg = {**DEFAULTS, **config}
+
     def number(value: Any) -> bool:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
