@@ -13,13 +13,15 @@ the per-pair ratios. A second table measures one checkpoint (save + copy to stor
 epoch of B.
 
     python benchmarks/bench_trainable.py [--data-dir DIR] [--images 5000] [--val 500]
-        [--epochs 5] [--pairs 3] [--threads 2] [--set KEY=VALUE ...] [--smoke-test]
+        [--epochs 5] [--pairs 5] [--threads 2] [--set KEY=VALUE ...] [--no-tune] [--smoke-test]
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import io
 import math
 import os
 import platform
@@ -33,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-SMOKE = {"images": 300, "val": 100, "epochs": 2, "pairs": 1, "checkpoint_reps": 3}
+SMOKE = {"images": 300, "val": 100, "epochs": 2, "pairs": 1, "checkpoint_reps": 3, "no_tune": True}
 
 
 class UsageError(Exception):
@@ -46,11 +48,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--images", type=int, default=5000, help="training images per epoch (default 5000)")
     p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--pairs", type=int, default=3, help="interleaved A/B pairs (default 3)")
+    p.add_argument("--pairs", type=int, default=5, help="interleaved A/B pairs (default 5)")
     p.add_argument("--threads", type=int, default=2, help="compute threads for both (default 2)")
     p.add_argument("--checkpoint-reps", type=int, default=20, help="timed checkpoints (default 20)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="trial config override for B, e.g. --set steps_per_execution=8")
+    p.add_argument("--no-tune", action="store_true", help="skip timing checkpoints inside Ray Tune")
     p.add_argument("--smoke-test", action="store_true", help="tiny preset (seconds) for the test suite")
     args = p.parse_args(argv)
     if args.smoke_test:
@@ -162,6 +165,59 @@ def checkpoint_seconds(data, cfg: dict[str, Any], storage: Path, reps: int) -> l
     return times[1:]  # the first save also builds Keras's saving machinery
 
 
+def _tune_checkpoint_trial(config: dict[str, Any]) -> None:
+    """A Tune trial that times report-with-checkpoint against a plain report, alternately."""
+    import keras
+    import numpy as np
+    from ray import tune
+
+    from trainable._backend import configure_process
+    from trainable.model import build_model
+    from trainable.train import initial_state, save_checkpoint
+
+    configure_process(1)
+    model = build_model("relu", seed=0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    rng = np.random.default_rng(0)
+    model.fit(rng.random((200, 32, 32, 3)), rng.integers(0, 10, 200), batch_size=100, verbose=0)
+    times: dict[str, list[float]] = {"checkpoint": [], "plain": []}
+    for i in range(2 * config["reps"] + 2):
+        medians = {k: statistics.median(v) if v else 0.0 for k, v in times.items()}
+        t0 = time.perf_counter()
+        if i % 2:
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(model, initial_state(), tmp)
+                tune.report(medians, checkpoint=tune.Checkpoint.from_directory(tmp))
+        else:
+            tune.report(medians)
+        if i >= 2:  # the first pair warms Keras's saving and Tune's storage up
+            times["checkpoint" if i % 2 else "plain"].append(time.perf_counter() - t0)
+    tune.report({k: statistics.median(v) for k, v in times.items()})
+
+
+def tune_checkpoint_seconds(reps: int, storage: Path) -> float:
+    """Extra seconds a checkpoint adds to a report inside a real local Ray Tune trial."""
+    import ray
+    from ray import tune
+
+    chatter = io.StringIO()  # Ray's start-up notes and Tune's experiment box: not part of the table
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+        try:
+            tuner = tune.Tuner(tune.with_resources(_tune_checkpoint_trial, {"cpu": 1}),
+                               param_space={"reps": reps},
+                               run_config=tune.RunConfig(storage_path=str(storage), name="ckpt", verbose=0))
+            result = tuner.fit()[0]
+        finally:
+            ray.shutdown()
+    if result.error is not None:
+        raise RuntimeError(f"the Tune checkpoint trial failed: {result.error}")
+    metrics = result.metrics
+    return metrics["checkpoint"] - metrics["plain"]
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
@@ -187,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             epoch_walls += [r["epoch_seconds"] for r in reports]
             print(f"pair {pair}/{args.pairs}: A {a.wall:.1f} s, B {b.wall:.1f} s", file=sys.stderr)
         ckpt = checkpoint_seconds(data, cfg, Path(tmp), args.checkpoint_reps)
+        tune_ckpt = None if args.no_tune else tune_checkpoint_seconds(args.checkpoint_reps, Path(tmp))
 
     import keras
 
@@ -200,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
           f"batch {cfg['batch_size']}; {os.environ.get('TF_NUM_INTRAOP_THREADS')} threads; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"Keras {keras.__version__} ({keras.backend.backend()})")
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"# load average (1/5/15 min) at the end: {load}; CPU time counts this process only, so it "
+          "is less disturbed by other jobs than wall time")
     print(f"# B config: steps_per_execution={cfg['steps_per_execution']}, eval_batch_size="
           f"{cfg['eval_batch_size']}, checkpoint_every={cfg['checkpoint_every']}; runs interleaved A B A B")
     print("| run                  | pair | wall s | images/s | CPU s | images/CPU-s |")
@@ -218,14 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     epoch_s = statistics.median(epoch_walls)
     ck = statistics.median(ckpt)
     print()
-    print(f"# checkpoint (save model + optimizer + state, copy to storage): median of {len(ckpt)}, "
-          f"against B's median epoch ({n_train} images)")
+    print(f"# checkpoint: save model + optimizer + state and copy to storage (median of {len(ckpt)}); "
+          f"'in Tune': extra time of tune.report with a checkpoint over one without, in a local Ray "
+          f"Tune trial (median of {args.checkpoint_reps}); against B's median epoch ({n_train} images)")
     print("| checkpoint_every     | checkpoint ms | epoch ms | share of training time |")
     print("|----------------------|---------------|----------|------------------------|")
-    for every in sorted({1, 2, 5, cfg["checkpoint_every"]}):
-        share = ck / (every * epoch_s + ck)
-        name = f"{every} (this config)" if every == cfg["checkpoint_every"] else str(every)
-        print(f"| {name:<20} | {ck * 1e3:13.1f} | {epoch_s * 1e3:8.0f} | {share:22.2%} |")
+    for label, cost in (("", ck), (" in Tune", tune_ckpt)):
+        if cost is None:
+            continue
+        for every in sorted({1, 2, 5, cfg["checkpoint_every"]}):
+            share = cost / (every * epoch_s + cost)
+            name = f"{every}{' (config)' if every == cfg['checkpoint_every'] else ''}{label}"
+            print(f"| {name:<20} | {cost * 1e3:13.1f} | {epoch_s * 1e3:8.0f} | {share:22.2%} |")
     return 0 if math.isfinite(ratio) and ratio > 0 else 1
 
 
