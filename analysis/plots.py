@@ -233,7 +233,8 @@ def plot_overfitting_by_epoch(info: pd.DataFrame):
         c = colors[arm]
         unit = f"{d['unit'].iloc[0]}s"
         for ax, m in ((ax_gap, "gap"), (ax_loss, "val_loss")):
-            ax.plot(d["epoch"], d[f"{m}_mean"], color=c, label=f"{arm} (n={int(d['n'].max())} {unit})")
+            ax.plot(d["epoch"], d[f"{m}_mean"], color=c, marker="o" if len(d) == 1 else None,
+                    label=f"{arm} (n={int(d['n'].max())} {unit})")  # one epoch: a marker, not nothing
             ax.fill_between(d["epoch"], d[f"{m}_ci_low"], d[f"{m}_ci_high"], color=c, alpha=0.2)
     source = "train-eval" if (info["gap_source"] == "train_eval").all() else "running train (fallback)"
     ax_gap.axhline(0, color="0.7", lw=0.8)
