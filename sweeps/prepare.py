@@ -78,11 +78,12 @@ def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
     if exists and not (options.resume or options.overwrite or options.confirm_only):
         raise ConfigError(f"{exp} already holds a sweep named '{cfg.name}'; pass --resume to continue "
                           f"it, --overwrite to replace it, or --name NEW_NAME")
-    if not exists and exp.exists() and not options.overwrite and not exp.remote:
-        if any(Path(exp.path).iterdir()):
-            raise ConfigError(f"{exp} exists and is not a sweep; choose another --name or --storage-path")
-    if (options.resume or options.confirm_only or options.overwrite) and exists:
-        exp.marker() or _refuse_foreign(exp, options)
+    if not exists and not exp.remote and exp.exists() and any(Path(exp.path).iterdir()):
+        # Someone else's directory: never adopted, never deleted, whatever the flags.
+        raise ConfigError(f"{exp} exists and is not a sweep (no .selu-sweep.json); nothing changed: "
+                          f"choose another --name or --storage-path")
+    if exists and (options.resume or options.confirm_only or options.overwrite) and exp.marker() is None:
+        _refuse_foreign(exp, options)
     if options.resume and not exists:
         raise ConfigError(f"--resume: no sweep named '{cfg.name}' under {redact(cfg.storage_path)}; "
                           f"check --name and --storage-path")

@@ -94,11 +94,13 @@ def test_overwrite_of_a_directory_that_is_not_a_sweep_deletes_nothing(tmp_path):
     assert (docs / "config.yaml").read_text() == "mine: true\n"
 
 
-def test_a_non_sweep_directory_is_not_adopted_either(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--overwrite"]])
+def test_a_non_sweep_directory_is_not_adopted_either(tmp_path, flags):
     (tmp_path / "Documents").mkdir()
     (tmp_path / "Documents" / "thesis.tex").write_text("x")
-    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path, "--name", "Documents")
+    proc = run_cli("--config", SMOKE, "--storage-path", tmp_path, "--name", "Documents", *flags)
     assert_one_line_error(proc, "is not a sweep")
+    assert [p.name for p in (tmp_path / "Documents").iterdir()] == ["thesis.tex"]
 
 
 def test_an_unreachable_address_exits_2_within_15_seconds(tmp_path, blackhole_address):
