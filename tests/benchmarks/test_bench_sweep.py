@@ -1,0 +1,88 @@
+"""benchmarks/bench_sweep.py --smoke-test: each benchmark's table prints with finite positive numbers."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "benchmarks" / "bench_sweep.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("RAY_ADDRESS", None)  # the benchmark starts its own local Ray; never a cluster's
+    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=ROOT)
+
+
+def _cells(stdout: str, label: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()
+            if line.startswith(f"| {label}")]
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    assert math.isfinite(value) and value > 0, text
+    return value
+
+
+def test_overhead_smoke_prints_fixed_cost_and_duty_cycle_for_both_arms():
+    out = _run("overhead", "--smoke-test")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for label in ("A fresh actors", "B reuse_actors"):
+        (row,) = _cells(out.stdout, label)
+        wall, busy, _, duty, fixed = (_positive(v) for v in row[2:7])
+        assert duty <= 1.0 and busy < wall * 2, row  # 2 trials at once: busy time fits in 2 x wall
+        assert int(row[7]) >= 1  # actors
+        assert float(row[9]) < 0.02, row  # same seed, same metrics with or without actor reuse
+    # Fresh actors: one process per trial (4 trials).
+    assert int(_cells(out.stdout, "A fresh actors")[0][7]) == 4
+    assert re.search(r"median fixed cost per trial: A [0-9.]+ s, B [0-9.]+ s; ratio B/A [0-9.]+", out.stdout)
+
+
+def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopping():
+    out = _run("asha", "--smoke-test")
+    assert out.returncode == 0, out.stderr[-3000:]
+    (off,) = _cells(out.stdout, "no early stopping")
+    (on,) = _cells(out.stdout, "ASHA")
+    assert int(off[3]) == 0  # nothing stopped early without a scheduler
+    assert int(on[4]) <= int(off[4])  # ASHA never trains more epochs than the same search without it
+    for row in (off, on):
+        _positive(row[1]), _positive(row[4])
+        accs = [float(v) for v in row[6:8]]
+        assert all(0 <= a <= 1 for a in accs), row
+    match = re.search(r"ASHA trained ([0-9.]+) of the epochs", out.stdout)
+    assert match and 0 < float(match.group(1)) <= 1
+
+
+def test_gpu_packing_smoke_runs_on_cpu_with_one_and_two_loops():
+    out = _run("gpu-packing", "--smoke-test")
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = {int(r[0]): r for r in (line for line in _cells(out.stdout, "")) if r[0].isdigit()}
+    assert sorted(rows) == [1, 2], out.stdout
+    for row in rows.values():
+        _positive(row[1]), _positive(row[2]), _positive(row[3])
+    assert float(rows[1][3]) == 1.0
+
+
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import bench_sweep
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    for args, message in [(["overhead", "--trials", "0"], "--trials must be >= 1"),
+                          (["asha", "--epochs-low", "5", "--epochs-high", "5"], "--epochs-high must be >"),
+                          (["gpu-packing", "--k", "1,x"], "--k '1,x'"),
+                          (["gpu-packing", "--k", "0"], "every count must be >= 1"),
+                          (["gpu-packing", "--set", "nope=1"], "--set 'nope=1'"),
+                          (["overhead", "--data-dir", str(tmp_path / "missing")], "no such file")]:
+        assert bench_sweep.main(args) == 2, args
+        out = capsys.readouterr()
+        assert out.err.startswith("bench_sweep: error: ") and message in out.err, out.err
+        assert out.err.count("\n") == 1 and out.out == ""
