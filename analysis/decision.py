@@ -332,11 +332,12 @@ def decision_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, *, 
         parts.append(matched_epoch_gap_tests(trials, epochs, stage, by))
     parts += [configuration_tests(trials, metric, stage, by), sensitivity_tests(trials, by)]
     parts = [p.reindex(columns=TEST_COLUMNS) for p in parts if len(p)]
-    if not parts:
-        return finalize(pd.DataFrame(columns=TEST_COLUMNS), alpha, margin_points)
-    tests = pd.concat(parts, ignore_index=True)
-    tests["reason"] = tests["reason"].fillna("")
-    out = finalize(tests, alpha, margin_points)
+    if parts:
+        tests = pd.concat(parts, ignore_index=True)
+        tests["reason"] = tests["reason"].fillna("")
+        out = finalize(tests, alpha, margin_points)
+    else:  # nothing to test yet: the same columns, no rows
+        out = finalize(pd.DataFrame(columns=TEST_COLUMNS), alpha, margin_points)
     out = out.assign(primary=(out["level"] == ACTIVATION) & (out["metric"] == metric))
     if by:
         out = out.rename(columns={KEY: by})

@@ -307,6 +307,8 @@ def divergence(trials: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataF
     """Per arm and stage: runs that ran to their end (finished or diverged), how many diverged,
     the rate and its exact (Clopper-Pearson) interval."""
     t = trials[trials["status"].isin(USABLE)]
+    if t.empty:  # no run has ended yet
+        return pd.DataFrame(columns=["arm", "stage", "runs", "diverged", "rate", "ci_low", "ci_high"])
     g = t.groupby(["arm", "stage"])["status"]
     out = pd.DataFrame({"runs": g.size(), "diverged": g.apply(lambda s: int((s == "diverged").sum()))})
     out = out.reset_index()

