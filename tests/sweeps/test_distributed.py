@@ -386,7 +386,8 @@ def test_a_trial_on_a_removed_node_resumes_from_its_checkpoint_on_another(tmp_pa
     # One trial (no search, one arm, one seed) of 2 epochs, on a whole worker (2 CPUs).
     driver = start_cli(*TINY, "--storage-path", storage, "--address", ray_cluster.address,
                        "--set", "search.enabled=false", "--set", "arms=[relu]", "--set", "train.epochs=2",
-                       "--set", "resources.cpus_per_trial=2", "--no-report",
+                       "--set", "resources.cpus_per_trial=2", "--set", "train.checkpoint_every=1",
+                       "--no-report",
                        cwd=tmp_path, log=tmp_path / "driver", script=Path(__file__),
                        env={"PROBE_LOG": str(log), "PROBE_HOLD_ONCE": str(hold)})
     try:

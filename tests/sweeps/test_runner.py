@@ -84,8 +84,9 @@ def test_trials_that_raise_or_are_killed_are_retried_from_their_checkpoints_and_
     assert (trials["status"] == "finished").all()
     for stage in ("search", "confirm"):
         for name, epochs in _epochs_by_trial(exp / stage).items():
-            # every epoch once: a retry restarted from scratch would report epoch 1 twice
-            assert epochs == [1.0, 2.0], f"{name}: {epochs}"
+            # every epoch at most once, up to the last: a retry restarted from scratch would report
+            # epoch 1 twice. (Ray may drop a retried trial's un-synced early rows, so not "== [1, 2]".)
+            assert epochs == sorted(set(epochs)) and epochs[-1] == 2.0, f"{name}: {epochs}"
 
 
 def test_sweep_ends_with_a_report_and_records_what_it_ran(smoke_sweep):
