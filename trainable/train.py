@@ -75,9 +75,10 @@ DEFAULTS: dict[str, Any] = {
     # and large batches keep a GPU busy.
     "eval_batch_size": 2000,
     # Save a checkpoint every this many epochs, and always after the last one. A retried trial
-    # repeats at most checkpoint_every - 1 epochs. One checkpoint costs ~25 ms, ~1% of a
-    # 5,000-image epoch on 2 CPUs; every 2 epochs keeps it near 0.5% (benchmarks/README.md).
-    "checkpoint_every": 2,
+    # repeats at most checkpoint_every - 1 epochs. A checkpoint (one .npz of the variables)
+    # adds ~8 ms to a report in Tune: 0.3% of a 5,000-image epoch on 2 CPUs at 1
+    # (benchmarks/README.md), so every epoch is checkpointed and no epoch ever runs twice.
+    "checkpoint_every": 1,
 }
 
 METRICS: tuple[str, ...] = (
@@ -127,8 +128,8 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of the ``n`` training images in ``epoch`` (0-based): a function of both alone.
 
     The loop shuffles with this instead of ``fit(shuffle=True)`` + ``keras.utils.set_random_seed``
-    per epoch: on TensorFlow, reseeding clears the kernel caches, which cost ~1.5 s of every
-    5,000-image CPU epoch (benchmarks/README.md).
+    per epoch: on TensorFlow, reseeding clears the kernel caches, which cost 1.5-2 s of wall time
+    (0.15 s of CPU time) per 5,000-image epoch on 2 busy CPUs (benchmarks/README.md).
     """
     return np.random.default_rng([seed, epoch]).permutation(n)
 
