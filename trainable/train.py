@@ -176,6 +176,10 @@ def load_checkpoint(directory: str, model: Any) -> dict[str, float]:
     """Restore a checkpoint of :func:`save_checkpoint` into ``model``, built and compiled from the
     same trial config (so its variables line up); return the loop's state."""
     model.optimizer.build(model.trainable_variables)
+    if not os.path.exists(os.path.join(directory, CHECKPOINT_VARIABLES)):  # written before the .npz
+        model.load_weights(os.path.join(directory, CHECKPOINT_MODEL))
+        with open(os.path.join(directory, CHECKPOINT_STATE)) as fh:
+            return json.load(fh)
     variables = [*model.variables, *model.optimizer.variables]
     with np.load(os.path.join(directory, CHECKPOINT_VARIABLES), allow_pickle=False) as npz:
         arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]

@@ -196,6 +196,18 @@ def test_a_run_restored_from_its_checkpoint_continues_exactly_like_an_uninterrup
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
 
 
+def test_a_checkpoint_in_the_earlier_model_keras_format_still_resumes(tiny_dataset, tmp_path):
+    whole = _run(tiny_dataset, {"epochs": 2, "checkpoint_every": 1}, keep=tmp_path)
+    old = tmp_path / "old-format"
+    old.mkdir()
+    keras.models.load_model(tmp_path / "epoch2" / "model.keras").save(old / "model.keras")
+    shutil.copy(tmp_path / "epoch2" / "state.json", old / "state.json")
+    model_only = _run(tiny_dataset, {"epochs": 3}, restore_dir=str(old))
+    npz = _run(tiny_dataset, {"epochs": 3}, restore_dir=str(tmp_path / "epoch2"))
+    assert [r["epoch"] for r in model_only] == [3.0] and whole[-1]["epoch"] == 2.0
+    assert model_only[0]["val_loss"] == pytest.approx(npz[0]["val_loss"], rel=1e-5)
+
+
 def test_restoring_into_a_differently_configured_model_names_the_fix(tiny_dataset, tmp_path):
     _run(tiny_dataset, {"epochs": 2, "checkpoint_every": 2, "dropout": 0.2}, keep=tmp_path)
     with pytest.raises(ValueError, match="resume with the trial's own config"):
