@@ -4,8 +4,9 @@ Trial config keys: see ``DEFAULTS`` (every key optional; the sweep config derive
 training defaults from it).
 
 Each epoch reports a flat dict of floats (``METRICS``). Every ``checkpoint_every`` epochs, and
-always after the last one, the report carries a checkpoint (model, optimizer state, epoch and
-the running bests), so a retried or resumed trial continues from the last checkpoint.
+always after the last one, the report carries a checkpoint (model and optimizer variables, the
+epoch and the running bests; the last one also the whole model as ``model.keras``), so a retried
+or resumed trial continues from the last checkpoint.
 
 Overfitting is measured in inference mode: at each epoch end the model is evaluated on a fixed
 sample of the training split as large as the validation split (``train_eval_*``; the same
@@ -74,9 +75,10 @@ DEFAULTS: dict[str, Any] = {
     # and large batches keep a GPU busy.
     "eval_batch_size": 2000,
     # Save a checkpoint every this many epochs, and always after the last one. A retried trial
-    # repeats at most checkpoint_every - 1 epochs. One checkpoint costs ~25 ms, ~1% of a
-    # 5,000-image epoch on 2 CPUs; every 2 epochs keeps it near 0.5% (benchmarks/README.md).
-    "checkpoint_every": 2,
+    # repeats at most checkpoint_every - 1 epochs. A checkpoint (one .npz of the variables)
+    # adds ~8 ms to a report in Tune: 0.3% of a 5,000-image epoch on 2 CPUs at 1
+    # (benchmarks/README.md), so every epoch is checkpointed and no epoch ever runs twice.
+    "checkpoint_every": 1,
 }
 
 METRICS: tuple[str, ...] = (
@@ -85,8 +87,9 @@ METRICS: tuple[str, ...] = (
     "best_val_accuracy", "best_epoch", "min_val_loss", "min_val_loss_epoch", "target_epochs",
     "diverged",
 )
-CHECKPOINT_MODEL = "model.keras"
+CHECKPOINT_VARIABLES = "variables.npz"  # model + optimizer variables, in their (deterministic) order
 CHECKPOINT_STATE = "state.json"
+CHECKPOINT_MODEL = "model.keras"  # the whole trained model, in the last epoch's checkpoint only
 # The training sample evaluated for train_eval_* is drawn with this seed, never the trial's:
 # every trial of a sweep measures overfitting on the same images.
 TRAIN_EVAL_SEED = 20_170_608
@@ -125,8 +128,8 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     """The order of the ``n`` training images in ``epoch`` (0-based): a function of both alone.
 
     The loop shuffles with this instead of ``fit(shuffle=True)`` + ``keras.utils.set_random_seed``
-    per epoch: on TensorFlow, reseeding clears the kernel caches, which cost ~1.5 s of every
-    5,000-image CPU epoch (benchmarks/README.md).
+    per epoch: on TensorFlow, reseeding clears the kernel caches, which cost 1.5-2 s of wall time
+    (0.15 s of CPU time) per 5,000-image epoch on 2 busy CPUs (benchmarks/README.md).
     """
     return np.random.default_rng([seed, epoch]).permutation(n)
 
@@ -152,19 +155,43 @@ def update_bests(state: dict[str, float], epoch: float, val_accuracy: float, val
     state["epoch"] = epoch
 
 
-def save_checkpoint(model: Any, state: dict[str, float], directory: str) -> None:
-    """Write the model (with its optimizer state) and the loop's ``state`` into ``directory``."""
-    model.save(os.path.join(directory, CHECKPOINT_MODEL))
-    with open(os.path.join(directory, CHECKPOINT_STATE), "w") as fh:
-        json.dump(state, fh)
+def save_checkpoint(model: Any, state: dict[str, float], directory: str, *, full_model: bool = False) -> None:
+    """Write the model's and its optimizer's variables and the loop's ``state`` into ``directory``.
 
-
-def load_checkpoint(directory: str) -> tuple[Any, dict[str, float]]:
+    The variables go into one ``.npz`` (~10 ms; ``model.save`` takes ~5-10x as long, which
+    per epoch would cost several % of a small epoch). ``full_model`` also writes ``model.keras``,
+    the trained model that ``keras.models.load_model`` opens (the loop does this at the end).
+    """
     import keras
 
-    model = keras.models.load_model(os.path.join(directory, CHECKPOINT_MODEL))
+    arrays = [keras.ops.convert_to_numpy(v.value) for v in [*model.variables, *model.optimizer.variables]]
+    np.savez(os.path.join(directory, CHECKPOINT_VARIABLES), *arrays)
+    with open(os.path.join(directory, CHECKPOINT_STATE), "w") as fh:
+        json.dump(state, fh)
+    if full_model:
+        model.save(os.path.join(directory, CHECKPOINT_MODEL))
+
+
+def load_checkpoint(directory: str, model: Any) -> dict[str, float]:
+    """Restore a checkpoint of :func:`save_checkpoint` into ``model``, built and compiled from the
+    same trial config (so its variables line up); return the loop's state."""
+    model.optimizer.build(model.trainable_variables)
+    if not os.path.exists(os.path.join(directory, CHECKPOINT_VARIABLES)):  # written before the .npz
+        model.load_weights(os.path.join(directory, CHECKPOINT_MODEL))
+        with open(os.path.join(directory, CHECKPOINT_STATE)) as fh:
+            return json.load(fh)
+    variables = [*model.variables, *model.optimizer.variables]
+    with np.load(os.path.join(directory, CHECKPOINT_VARIABLES), allow_pickle=False) as npz:
+        arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    shapes = [tuple(v.shape) for v in variables]
+    if [a.shape for a in arrays] != shapes:
+        raise ValueError(f"checkpoint {directory} holds variables of shapes {[a.shape for a in arrays]}, "
+                         f"but this trial's model and optimizer have {shapes}; resume with the trial's "
+                         "own config")
+    for variable, value in zip(variables, arrays):
+        variable.assign(value)
     with open(os.path.join(directory, CHECKPOINT_STATE)) as fh:
-        return model, json.load(fh)
+        return json.load(fh)
 
 
 def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[float, float]:
@@ -220,16 +247,14 @@ def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore
     sample = train_eval_indices(len(y_train), len(y_val))
     x_sample, y_sample = x_train[sample], y_train[sample]
 
+    keras.utils.set_random_seed(seed)
+    model = build_model(cfg["activation"], cfg["kernel_initializer"], float(cfg["dropout"]), seed=seed)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(cfg["lr"])),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=int(cfg["steps_per_execution"]))
     state = initial_state()
     if restore_dir is not None:
-        model, saved = load_checkpoint(restore_dir)
-        state.update(saved)
-    else:
-        keras.utils.set_random_seed(seed)
-        model = build_model(cfg["activation"], cfg["kernel_initializer"], float(cfg["dropout"]), seed=seed)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(cfg["lr"])),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                      steps_per_execution=int(cfg["steps_per_execution"]))
+        state.update(load_checkpoint(restore_dir, model))
 
     shuffled = np.empty_like(x_train)
     for epoch in range(int(state["epoch"]), epochs):
@@ -281,7 +306,7 @@ def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore
             report(metrics, None)
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(model, state, tmp)
+            save_checkpoint(model, state, tmp, full_model=epoch + 1 == epochs)
             report(metrics, tmp)
 
 
