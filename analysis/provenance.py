@@ -8,6 +8,7 @@ guessing.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -154,4 +155,53 @@ def sweep_settings(meta: dict | None) -> dict[str, dict[str, Any]]:
                      "search_mode": _get(m, "config", "search", "mode"),
                      "confirm_seeds": _get(m, "config", "confirm", "seeds"),
                      "equivalence_margin": _get(m, "config", "analysis", "equivalence_margin")}
+    return out
+
+
+REPRODUCE_PACKAGES = ("selu-sweep", "ray", "optuna", "keras", "tensorflow", "numpy", "pandas", "scipy")
+
+
+def _read_small(path: Path, limit: int = 1_000_000) -> bytes | None:
+    """A small regular file's bytes, or None (absent, not a file, too big, unreadable)."""
+    try:
+        if not path.is_file() or path.stat().st_size > limit:
+            return None
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def reproduce_info(experiments: dict[str, Path]) -> list[dict[str, Any]]:
+    """Per experiment: the command lines that started and resumed it (``runs.jsonl``), the SHA-256
+    of its ``config.yaml``, the selu-sweep version that created it (``.selu-sweep.json``), and the
+    versions of the packages that matter installed where this report is made. Only reads."""
+    import hashlib
+    import json
+    from importlib.metadata import PackageNotFoundError, version
+
+    installed = {}
+    for name in REPRODUCE_PACKAGES:
+        try:
+            installed[name] = version(name)
+        except PackageNotFoundError:
+            installed[name] = "not installed"
+    out = []
+    for name, path in experiments.items():
+        config = _read_small(Path(path) / "config.yaml")
+        commands = []
+        for line in (_read_small(Path(path) / "runs.jsonl") or b"").decode(errors="replace").splitlines():
+            try:
+                run = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(run, dict) and isinstance(run.get("command"), str):
+                commands.append(f"{run['command']}  # {run.get('mode', '?')} {run.get('time', '')}".strip())
+        try:
+            marker = json.loads((_read_small(Path(path) / ".selu-sweep.json") or b"{}").decode())
+        except ValueError:
+            marker = {}
+        out.append({"experiment": name, "commands": commands,
+                    "config_sha256": hashlib.sha256(config).hexdigest() if config is not None else None,
+                    "created_with": marker.get("version") if isinstance(marker, dict) else None,
+                    "installed": installed})
     return out

@@ -25,7 +25,13 @@ from analysis.claims import conclude
 from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
 from analysis.load import Results, load_results, load_studies
 from analysis.overfitting import overfitting_by_epoch
-from analysis.provenance import describe_data, equivalence_margin, run_summary, sweep_settings
+from analysis.provenance import (
+    describe_data,
+    equivalence_margin,
+    reproduce_info,
+    run_summary,
+    sweep_settings,
+)
 from analysis.stats import (
     LABELS,
     arm_summary,
@@ -248,6 +254,7 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         "## Trials by status", "",
         _table(counts), "",
     ]
+    parts += _reproduce_section(reproduce_info(results.experiments))
     if figures:
         parts += ["## Figures", ""]
         parts += [f"![{name}](figures/{Path(path).name})" for name, path in figures.items()]
@@ -255,6 +262,24 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
     if report.notes:
         parts += ["## Notes: what was skipped, missing or special", "", *[f"- {n}" for n in report.notes], ""]
     return "\n".join(parts)
+
+
+def _reproduce_section(infos: list[dict]) -> list[str]:
+    """"How to reproduce": the exact commands, a hash of each config, and the package versions."""
+    parts = ["## How to reproduce", ""]
+    for info in infos:
+        sha = info["config_sha256"]
+        parts += [f"`{info['experiment']}`: config.yaml SHA-256 "
+                  f"{'`' + sha + '`' if sha else 'not recorded (no config.yaml)'}; created with selu-sweep "
+                  f"{info['created_with'] or 'version not recorded'}.", ""]
+        if info["commands"]:
+            parts += ["```", *info["commands"], "```", ""]
+        else:
+            parts += ["The command line was not recorded (no runs.jsonl).", ""]
+    if infos:
+        versions = ", ".join(f"{k} {v}" for k, v in infos[0]["installed"].items())
+        parts += [f"Packages where this report was made: {versions}.", ""]
+    return parts
 
 
 def render_html(markdown: str, figures: dict[str, str]) -> str:

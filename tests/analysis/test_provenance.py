@@ -51,3 +51,25 @@ def test_run_summary_counts_replicates_trials_epochs_and_compute():
     assert s.loc["relu", "kernel_initializer"] == "auto = he_normal"
     assert s.loc["selu", "kernel_initializer"] == "he_normal"
     assert s.loc["selu", "confirm_seeds_per_replicate"] == "1"
+
+
+def test_reproduce_info_gives_the_commands_the_config_hash_and_versions(tmp_path):
+    import hashlib
+    import json
+
+    from analysis.provenance import reproduce_info
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "config.yaml").write_text("name: exp\n")
+    (exp / ".selu-sweep.json").write_text(json.dumps({"tool": "selu-sweep", "version": "0.1.0"}))
+    (exp / "runs.jsonl").write_text(
+        json.dumps({"mode": "start", "time": "t0", "command": "sweeps/run.py --name exp"}) + "\n{broken\n"
+        + json.dumps({"mode": "resume", "time": "t1", "command": "sweeps/run.py --name exp --resume"}) + "\n")
+    (info,) = reproduce_info({"exp": exp})
+    assert info["config_sha256"] == hashlib.sha256(b"name: exp\n").hexdigest()
+    assert info["commands"] == ["sweeps/run.py --name exp  # start t0",
+                                "sweeps/run.py --name exp --resume  # resume t1"]
+    assert info["created_with"] == "0.1.0" and info["installed"]["optuna"] != "not installed"
+    (bare,) = reproduce_info({"bare": tmp_path / "missing"})
+    assert bare["commands"] == [] and bare["config_sha256"] is None
