@@ -192,3 +192,12 @@ def test_resume_with_a_corrupt_saved_config_is_refused(tmp_path):
     proc = run_cli("--name", "broken", "--storage-path", tmp_path / "results", "--resume")
     assert_one_line_error(proc, "config.yaml (saved config): invalid YAML")
     assert (exp / "config.yaml").read_text() == "name: [unclosed\n"
+
+
+def test_python_m_sweeps_is_the_same_cli(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run([sys.executable, "-m", "sweeps", "--config", str(SMOKE), "--set", "search.seed=-1",
+                           "--storage-path", str(tmp_path / "results")], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=ROOT)
+    assert_one_line_error(proc, "0 <= seed < 2**31")

@@ -202,3 +202,46 @@ def test_a_corrupt_experiment_state_or_study_database_is_exit_2(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "cannot restore the search stage" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+class _Result:
+    """The parts of a Tune ``Result`` that best_configs reads."""
+
+    def __init__(self, config: dict, **metrics):
+        self.config, self.metrics, self.error = config, {"trial_id": config["id"], **metrics}, None
+
+
+def test_each_cells_best_trial_is_chosen_and_objective_best_confirms_at_its_best_epoch():
+    from sweeps.config import load_config
+    from sweeps.runner import best_configs
+
+    def trial(id_, arm, rep, val, best_epoch, epoch=20.0, diverged=0.0):
+        return _Result({"id": id_, "arm": arm, "replicate": rep, "lr": 1e-3, "epochs": 20}, val_accuracy=val,
+                       best_val_accuracy=val + 0.05, best_epoch=best_epoch, epoch=epoch, target_epochs=20.0,
+                       diverged=diverged)
+
+    results = [trial("a", "relu", 0, 0.60, 7), trial("b", "relu", 0, 0.65, 9),
+               trial("c", "relu", 0, 0.99, 3, diverged=1.0),         # diverged: never chosen
+               trial("d", "relu", 0, 0.90, 3, epoch=5.0),            # stopped early by ASHA: never chosen
+               trial("e", "selu", 0, 0.55, 12)]
+    final = best_configs(load_config(overrides=["name=t", "search.replicates=1"]), results)
+    assert final["relu/r0"]["source_trial"] == "b" and final["relu/r0"]["epochs"] == 20
+    best = best_configs(load_config(overrides=["name=t", "search.replicates=1", "search.objective=best"]),
+                        results)
+    assert best["relu/r0"]["epochs"] == 9 and best["selu/r0"]["epochs"] == 12, "confirm at the best epoch"
+
+
+def test_identical_arms_end_to_end_name_no_winner(ray_local, tmp_path):
+    """relu against relu under another name, a real (tiny) replicated sweep: no activation winner."""
+    from sweeps.config import load_config
+    from sweeps.runner import RunOptions, run_sweep
+
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [
+        f"storage_path={tmp_path}", "name=twins", "arms=[{name: relu, activation: relu}, "
+        "{name: relu-again, activation: relu}]", "search.replicates=3", "search.num_samples=1",
+        "search.space.epochs.low=1", "search.space.epochs.high=1", "confirm.seeds=3"])
+    exp = Path(run_sweep(cfg, RunOptions()))
+    record = json.loads((exp / "report" / "verdict.json").read_text())
+    assert record["unit"] == "replicate" and record["replicates"] == {"relu": 3, "relu-again": 3}
+    assert record["winner"] is None, record["claims"]
+    assert record["synthetic_data"] is True and "SYNTHETIC" in record["claims"][0]
