@@ -511,8 +511,6 @@ class SweepConfig(_Section):
                               "for a search (only a search-free reproduction may validate on test)")
         if not self.search.enabled and not self.confirm.enabled:
             raise ConfigError("search.enabled and confirm.enabled are both false: nothing to run")
-        if self.search.enabled and self.search.replicates > 1 and not self.confirm.enabled:
-            pass  # replicate-level verdicts then rest on each replicate's best search trial
         if not self.search.enabled and self.search.replicates > 1:
             raise ConfigError("search.replicates: replicates repeat the tuning; without a search set it to 1 "
                               "(or raise confirm.seeds)")
