@@ -51,11 +51,11 @@ def _run_config(cfg: SweepConfig, exp: Experiment, stage: str, total: int, budge
 
     from sweeps.progress import ProgressTable
 
-    trackers.pickle_project_by_value()  # [toolbox] tuner.pkl readable without this project
+    trackers.pickle_project_by_value()  # tuner.pkl readable without this project
     return tune.RunConfig(
         name=stage, storage_path=exp.path, verbose=0,
         callbacks=[ProgressTable(stage, total, budget_epochs, arms=[a.name for a in cfg.arms]),
-                   *trackers.make_callbacks(cfg, exp)],  # [toolbox] TensorBoard, MLflow, W&B
+                   *trackers.make_callbacks(cfg, exp)],  # TensorBoard, MLflow, W&B
         failure_config=tune.FailureConfig(max_failures=cfg.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
@@ -106,7 +106,7 @@ def run_search(cfg: SweepConfig, exp: Experiment, trainable, exp_id: str):
         return tune.Tuner(
             trainable, param_space=cfg.base_trial_config(),
             tune_config=tune.TuneConfig(
-                # [toolbox] metric and mode here too, for ResultGrid.get_best_result()
+                # metric and mode here too, for ResultGrid.get_best_result()
                 search_alg=searcher, metric=cfg.search.metric, mode="max",
                 trial_dirname_creator=trial_dirname, scheduler=make_scheduler(cfg), num_samples=total,
                 max_concurrent_trials=cfg.resources.max_concurrent_trials),
@@ -169,7 +169,7 @@ def run_confirm(cfg: SweepConfig, exp: Experiment, trainable, best: dict[str, di
             param_space={k: v for c in configs for k, v in c.items()},
             tune_config=tune.TuneConfig(
                 num_samples=len(configs), trial_dirname_creator=trial_dirname,
-                metric="val_accuracy", mode="max",  # [toolbox] for ResultGrid.get_best_result()
+                metric="val_accuracy", mode="max",  # for ResultGrid.get_best_result()
                 search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                 max_concurrent_trials=cfg.resources.max_concurrent_trials),
             run_config=_run_config(cfg, exp, "confirm", len(configs), sum(int(c["epochs"]) for c in configs)))
