@@ -74,6 +74,12 @@ def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
         check_database_url(cfg.search.optuna_storage)
     check_address(cfg.address)
     trackers.check(cfg)
+    check_directory(cfg, options, exp)
+
+
+def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
+    """The experiment directory's state against the run mode (no network checks): part of
+    ``validate``, and repeated under the experiment's lock, where no other run can change it."""
     exists = exp.has_sweep()
     if exists and not (options.resume or options.overwrite or options.confirm_only):
         raise ConfigError(f"{exp} already holds a sweep named '{cfg.name}'; pass --resume to continue "

@@ -18,6 +18,7 @@ from sweeps.prepare import (
     RunOptions,
     SweepFailed,
     SweepInterrupted,
+    check_directory,
     data_info,
     load_data,
     open_experiment,
@@ -196,7 +197,7 @@ def run_sweep(cfg: SweepConfig, options: RunOptions = RunOptions(), dataset=None
     start_ray(cfg)
     wait_for_resources(cfg)
     with exp.lock():  # the first write: everything above only reads
-        validate(cfg, options, exp)  # again, now that no other run can change the directory
+        check_directory(cfg, options, exp)  # again, now that no other run can change the directory
         exp_id = open_experiment(cfg, options, exp, dataset)
         info = data_info(dataset)
         print(f"sweep '{cfg.name}': {len(cfg.arms)} arms ({', '.join(a.name for a in cfg.arms)}) x "
