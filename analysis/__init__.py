@@ -9,9 +9,10 @@ Any Ray Tune experiment can be analysed, not only those of ``sweeps/``: each tri
 ``"confirm"``), ``seed`` and ``replicate`` (the index of an independent repeat of an arm's whole
 tuning; 0 when absent), and its per-epoch results report the trainable's metric names
 (``trainable.train.METRICS``: ``epoch``, ``val_accuracy``, ``train_eval_accuracy``, ...; plus
-``test_accuracy`` in the confirmation stage). The full contract, with every optional key, is in
-:mod:`analysis.load`. An experiment directory may add ``config.yaml`` (the sweep config) and
-``data.json`` (the data's source, sizes and digest); the report says what it could not find.
+``test_accuracy`` at the last epoch of a confirmation trial). The full contract, with every
+optional key, is in :mod:`analysis.load`. An experiment directory may add ``config.yaml`` (the
+sweep config) and ``data.json`` (the data's source, sizes and digest); the report says what it
+could not find.
 """
 
 from analysis.claims import Conclusion, conclude, verdict

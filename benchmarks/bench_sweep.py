@@ -17,7 +17,7 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
   Ray) in k processes sharing one GPU (each capped at 1/k of its memory, as a sweep with
   ``gpus_per_trial: 1/k`` does); aggregate images/s against k = 1. Runs on any Keras backend.
 
-    python benchmarks/bench_sweep.py overhead [--trials 12] [--pairs 2] [--epochs 1] [--images 5000]
+    python benchmarks/bench_sweep.py overhead [--trials 20] [--pairs 2] [--epochs 1] [--images 5000]
     python benchmarks/bench_sweep.py asha [--data-dir DIR] [--num-samples 6] [--images 2000]
     python benchmarks/bench_sweep.py gpu-packing [--k 1,2,4,8] [--images 10000] [--epochs 3]
     python benchmarks/bench_sweep.py {overhead,asha,gpu-packing} --smoke-test
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     common.add_argument("--val", type=int, default=500, help="validation images (default 500)")
 
     o = sub.add_parser("overhead", parents=[common], help="per-trial fixed cost; reuse_actors")
-    o.add_argument("--trials", type=int, default=12, help="trials per arm and pair (default 12)")
+    o.add_argument("--trials", type=int, default=20, help="trials per arm and pair (default 20)")
     o.add_argument("--pairs", type=int, default=2, help="interleaved A/B pairs (default 2)")
     o.add_argument("--epochs", type=int, default=1, help="epochs per trial (default 1)")
     o.add_argument("--images", type=int, default=5000, help="training images per epoch (default 5000)")

@@ -138,6 +138,23 @@ def _run(dataset, config, callbacks=(), restore_dir=None, keep=None):
     return reports
 
 
+def test_the_test_split_is_measured_once_at_the_last_epoch(tiny_dataset):
+    reports = _run(tiny_dataset, {"epochs": 3, "evaluate_test": True})
+    assert ["test_accuracy" in r for r in reports] == [False, False, True]
+    assert 0.0 <= reports[-1]["test_accuracy"] <= 1.0 and reports[-1]["test_loss"] > 0
+
+
+def test_a_second_trial_in_the_same_process_gives_the_numbers_of_a_first_one(tiny_dataset):
+    # What Tune's reuse_actors relies on (sweeps/runner.py): a reused actor runs trial after trial
+    # in one process, so nothing of the previous trial may leak into the next.
+    config = {"epochs": 2, "dropout": 0.2, "activation": "selu"}
+    first = _run(tiny_dataset, config)
+    _run(tiny_dataset, {"epochs": 1, "lr": 0.01, "activation": "relu"})  # another trial in between
+    again = _run(tiny_dataset, config)
+    keys = ("train_loss", "train_eval_loss", "val_loss", "val_accuracy", "test_accuracy")
+    assert [[r.get(k) for k in keys] for r in again] == [[r.get(k) for k in keys] for r in first]
+
+
 def test_train_eval_metrics_are_inference_mode_on_a_fixed_sample_the_size_of_val(tiny_dataset):
     (rep,) = _run(tiny_dataset, {"epochs": 1, "dropout": 0.5})
     idx = train_eval_indices(len(tiny_dataset.y_train), len(tiny_dataset.y_val))
