@@ -30,9 +30,13 @@ _QUIET_LOGGERS = (
 
 
 def quiet_logs() -> None:
-    """Silence TensorFlow's start-up lines (before it is imported) and Tune's expected warnings."""
+    """Silence TensorFlow's start-up lines (before it is imported) and Tune's expected warnings.
+
+    Only logging: never TensorFlow's performance switches. Trial processes inherit this
+    environment, and ``TF_ENABLE_ONEDNN_OPTS=0`` (which also hides a start-up line) halved the
+    trials' training speed on CPUs (950 against 1,900 images/s per trial, 2 at once).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

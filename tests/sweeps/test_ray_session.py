@@ -97,3 +97,19 @@ def test_the_wait_is_bounded_by_wait_for_nodes_s():
         wait_for_resources(cfg, nodes=lambda: NODES, node_types=[{"CPU": 32.0, "GPU": 4.0}],
                            clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s), poll_s=10)
     assert now[0] == 60
+
+
+def test_quiet_logs_sets_only_logging_switches_never_tensorflows_performance_ones(monkeypatch):
+    # Trial processes inherit the driver's environment: TF_ENABLE_ONEDNN_OPTS=0, once set here to
+    # hide a start-up line, halved every trial's training speed on CPUs.
+    import os
+
+    from sweeps.ray_session import quiet_logs
+
+    for var in ("TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "RAY_AIR_NEW_OUTPUT"):
+        monkeypatch.delenv(var, raising=False)
+    before = dict(os.environ)
+    quiet_logs()
+    changed = {k for k in os.environ if os.environ[k] != before.get(k)}
+    assert changed <= {"TF_CPP_MIN_LOG_LEVEL", "RAY_AIR_NEW_OUTPUT"}, changed
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
