@@ -81,9 +81,15 @@ def build_report(results: Results, studies: dict | None = None) -> Report:
     for name in on_test:
         notes.append(f"`{name}` measured its validation metrics on the test set (validate_on: test), "
                      f"as the original experiment did; nothing was selected on them (no search).")
+    importances = param_importances(studies or {})
+    skipped = sorted(set(studies or {}) - set(importances["study"]))
+    if skipped:
+        notes.append(f"Parameter importance is not computed for {len(skipped)} of {len(studies)} studies "
+                     f"({', '.join(skipped)}): each has fewer than 2 completed trials, or one value per "
+                     f"parameter (Optuna's importance reads completed trials only, not pruned ones).")
     return Report(
         verdict=conclusion.claims, confirm_summary=arm_summary(trials), comparisons=conclusion.tests,
-        search_summary=search_summary(trials), importances=param_importances(studies or {}), notes=notes,
+        search_summary=search_summary(trials), importances=importances, notes=notes,
         primary_metric=metric, record=conclusion.record,
         replicates=replicate_table(trials, metric).drop(columns="_analysis"),
         configurations=configuration_table(trials, metric).drop(columns="_analysis"),

@@ -66,7 +66,7 @@ def reuse_actors(cfg: SweepConfig, stage: str) -> bool:
     """Whether a stage runs its trials in reused actors (Tune's ``reuse_actors``).
 
     A reused actor skips the process start, the TensorFlow import and the dataset fetch: the
-    per-trial fixed cost fell from ~28 s to ~9 s on a loaded 2-core machine (benchmarks/README.md).
+    per-trial fixed cost fell from 5.8 s to 1.0 s on an idle 2-core machine (benchmarks/README.md).
     Safe only where every trial runs to completion: Tune resets a reused function-trainable actor
     by waiting 2 s (``TUNE_FUNCTION_THREAD_TIMEOUT_S``) for the previous trial's thread, and a
     trial that ASHA stops is still training the epoch it started, so the reset fails and Tune

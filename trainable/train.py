@@ -277,7 +277,7 @@ def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore
         diverged = _diverged(train_loss, limit) or not math.isfinite(val_loss)
         # The test set is measured once, at the trial's last epoch: that is the number compared,
         # and the per-epoch curves then hold nothing that selection could peek at (it also
-        # saves an evaluation of the test split per epoch, ~20% of a confirmation epoch here).
+        # saves an evaluation of the test split per epoch: 2.6 s of a 10.5 s epoch in default.yaml).
         last = epoch + 1 == epochs or diverged
         if x_test is not None and last:
             test_loss, test_acc = evaluate(model, x_test, data.y_test, eval_bs)

@@ -97,6 +97,27 @@ def test_bad_equivalence_margin_falls_back_with_a_note():
     assert rep.margin_points == 1.0 and any("equivalence_margin='wide'" in n for n in rep.notes)
 
 
+def test_studies_without_a_parameter_importance_are_named_in_a_note():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    studies = {}
+    for name, completed in (("s-relu-r0", 4), ("s-selu-r0", 1)):
+        study = optuna.create_study(study_name=name, direction="maximize",
+                                    sampler=optuna.samplers.RandomSampler(seed=0))
+        study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + t.suggest_int("epochs", 3, 30),
+                       n_trials=completed)
+        pruned = study.ask()
+        pruned.suggest_float("lr", 1e-4, 1e-2, log=True)
+        pruned.suggest_int("epochs", 3, 30)
+        study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+        studies[name] = study
+    rep = build_report(_results(), studies)
+    assert set(rep.importances["study"]) == {"s-relu-r0"}
+    (note,) = [n for n in rep.notes if "Parameter importance" in n]
+    assert "1 of 2 studies (s-selu-r0)" in note
+
+
 def test_report_files_exist_and_html_embeds_its_images(smoke_sweep, tmp_path):
     _, exp, _ = smoke_sweep
     out = tmp_path / "report"
