@@ -62,21 +62,6 @@ def _run_config(cfg: SweepConfig, exp: Experiment, stage: str, total: int, budge
     )
 
 
-def reuse_actors(cfg: SweepConfig, stage: str) -> bool:
-    """Whether a stage runs its trials in reused actors (Tune's ``reuse_actors``).
-
-    A reused actor skips the process start, the TensorFlow import and the dataset fetch: the
-    per-trial fixed cost fell from 5.8 s to 1.0 s on an idle 2-core machine (benchmarks/README.md).
-    Safe only where every trial runs to completion: Tune resets a reused function-trainable actor
-    by waiting 2 s (``TUNE_FUNCTION_THREAD_TIMEOUT_S``) for the previous trial's thread, and a
-    trial that ASHA stops is still training the epoch it started, so the reset fails and Tune
-    errors the *next* trial. Hence: the confirmation stage always, the search only without early
-    stopping. ``train_loop`` reseeds and builds a fresh model for each trial, so a reused actor
-    gives the same numbers as a fresh one (tests/sweeps/test_runner.py).
-    """
-    return stage == "confirm" or not cfg.search.early_stopping.enabled
-
-
 def _trainable(cfg: SweepConfig, dataset, options: RunOptions):
     from ray import tune
 
@@ -125,8 +110,7 @@ def run_search(cfg: SweepConfig, exp: Experiment, trainable, exp_id: str):
                 # metric and mode here too, for ResultGrid.get_best_result()
                 search_alg=searcher, metric=cfg.search.metric, mode="max",
                 trial_dirname_creator=trial_dirname, scheduler=make_scheduler(cfg), num_samples=total,
-                max_concurrent_trials=cfg.resources.max_concurrent_trials,
-                reuse_actors=reuse_actors(cfg, "search")),
+                max_concurrent_trials=cfg.resources.max_concurrent_trials),
             run_config=_run_config(cfg, exp, "search", total, total * cfg.max_epochs()))
 
     return _fit(cfg, exp, "search", trainable, make_tuner, total)
@@ -188,8 +172,7 @@ def run_confirm(cfg: SweepConfig, exp: Experiment, trainable, best: dict[str, di
                 num_samples=len(configs), trial_dirname_creator=trial_dirname,
                 metric="val_accuracy", mode="max",  # for ResultGrid.get_best_result()
                 search_alg=BasicVariantGenerator(points_to_evaluate=configs),
-                max_concurrent_trials=cfg.resources.max_concurrent_trials,
-                reuse_actors=reuse_actors(cfg, "confirm")),
+                max_concurrent_trials=cfg.resources.max_concurrent_trials),
             run_config=_run_config(cfg, exp, "confirm", len(configs), sum(int(c["epochs"]) for c in configs)))
 
     return _fit(cfg, exp, "confirm", trainable, make_tuner, len(configs))

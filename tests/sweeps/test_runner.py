@@ -89,21 +89,6 @@ def test_trials_that_raise_or_are_killed_are_retried_from_their_checkpoints_and_
             assert epochs == sorted(set(epochs)) and epochs[-1] == 2.0, f"{name}: {epochs}"
 
 
-def test_stages_without_early_stopping_reuse_actors_and_asha_searches_do_not(smoke_sweep):
-    from sweeps.config import load_config
-    from sweeps.runner import reuse_actors
-
-    cfg, exp, _ = smoke_sweep  # early stopping off: both stages reuse their actors
-    for stage in ("search", "confirm"):
-        trials = [[json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-                  for p in (exp / stage).glob("*/result.json")]
-        pids = {row["pid"] for rows in trials for row in rows}
-        # 2 at once, plus the actor that replaced the one SIGKILLed: far fewer processes than trials
-        assert len(trials) == 8 and len(pids) <= 4, (stage, len(pids))
-    asha = load_config(CONFIG_DIR / "smoke.yaml", ["search.early_stopping.enabled=true"])
-    assert (reuse_actors(asha, "search"), reuse_actors(asha, "confirm")) == (False, True)
-
-
 def test_sweep_ends_with_a_report_and_records_what_it_ran(smoke_sweep):
     _, exp, _ = smoke_sweep
     assert (exp / "report" / "report.md").exists() and (exp / "report" / "report.html").exists()

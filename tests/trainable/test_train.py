@@ -145,8 +145,8 @@ def test_the_test_split_is_measured_once_at_the_last_epoch(tiny_dataset):
 
 
 def test_a_second_trial_in_the_same_process_gives_the_numbers_of_a_first_one(tiny_dataset):
-    # What Tune's reuse_actors relies on (sweeps/runner.py): a reused actor runs trial after trial
-    # in one process, so nothing of the previous trial may leak into the next.
+    # What Tune's reuse_actors relies on (benchmarks/bench_sweep.py overhead): a reused actor runs
+    # trial after trial in one process, so nothing of the previous trial may leak into the next.
     config = {"epochs": 2, "dropout": 0.2, "activation": "selu"}
     first = _run(tiny_dataset, config)
     _run(tiny_dataset, {"epochs": 1, "lr": 0.01, "activation": "relu"})  # another trial in between
