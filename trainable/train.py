@@ -275,14 +275,15 @@ def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore
         train_eval_loss, train_eval_acc = evaluate(model, x_sample, y_sample, eval_bs)
         val_loss, val_acc = evaluate(model, x_val, y_val, eval_bs)
         diverged = _diverged(train_loss, limit) or not math.isfinite(val_loss)
+        final = epoch + 1 == epochs
         # The test set is measured once, at the trial's last epoch: that is the number compared,
         # and the per-epoch curves then hold nothing that selection could peek at (it also
         # saves an evaluation of the test split per epoch: 2.6 s of a 10.5 s epoch in default.yaml).
-        last = epoch + 1 == epochs or diverged
-        if x_test is not None and last:
-            test_loss, test_acc = evaluate(model, x_test, data.y_test, eval_bs)
+        test = None  # (loss, accuracy) on the test split, when measured this epoch
+        if x_test is not None and (final or diverged):
+            test = evaluate(model, x_test, data.y_test, eval_bs)
         elif cfg["validate_on"] == "test":
-            test_loss, test_acc = val_loss, val_acc
+            test = val_loss, val_acc
 
         done = float(epoch + 1)
         update_bests(state, done, val_acc, val_loss)
@@ -304,16 +305,16 @@ def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore
             "target_epochs": float(epochs),
             "diverged": float(diverged),
         }
-        if (x_test is not None and last) or cfg["validate_on"] == "test":
-            metrics.update(test_loss=test_loss, test_accuracy=test_acc)
+        if test is not None:
+            metrics.update(test_loss=test[0], test_accuracy=test[1])
         if diverged:
             report(metrics, None)  # no checkpoint of exploded weights; the trial ends here
             return
-        if (epoch + 1) % every and epoch + 1 != epochs:
+        if (epoch + 1) % every and not final:
             report(metrics, None)
             continue
         with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(model, state, tmp, full_model=epoch + 1 == epochs)
+            save_checkpoint(model, state, tmp, full_model=final)
             report(metrics, tmp)
 
 
