@@ -31,17 +31,14 @@ from analysis.metrics import trial_metrics
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import describe_data, run_summary
 from analysis.report import Report, build_report, save_report, write_report
-from analysis.stats import (
+from analysis.stats import expected_max, holm, holm_levels, spearman_test
+from analysis.summaries import (
     arm_summary,
     divergence,
     expected_best_curve,
-    expected_max,
-    holm,
-    holm_levels,
     param_importances,
     primary_metric,
     search_summary,
-    spearman_test,
 )
 
 __all__ = [

@@ -44,7 +44,8 @@ from analysis.decision import (
 )
 from analysis.metrics import GAP_RUNNING
 from analysis.provenance import data_sentence, describe_data
-from analysis.stats import ALPHA, LABELS, divergence
+from analysis.stats import ALPHA, LABELS
+from analysis.summaries import divergence
 
 SCHEMA_VERSION = 1
 

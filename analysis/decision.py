@@ -37,10 +37,10 @@ from analysis.stats import (
     fisher_z_interval,
     holm_levels,
     paired_t,
-    primary_metric,
     spearman_batch,
     welch,
 )
+from analysis.summaries import primary_metric
 
 MIN_REPLICATES = 3  # paired t on replicate means needs df >= 2 (see benchmarks/README.md)
 MIN_SEEDS = 3       # per configuration, for a seed-level Welch test
@@ -319,7 +319,7 @@ def decision_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, *, 
     """Every hypothesis the report states, one row each (untested ones carry their ``reason``),
     Holm-adjusted together per analysis, with intervals consistent with the adjustment.
 
-    ``metric`` defaults to :func:`analysis.stats.primary_metric`. The activation level tests it and
+    ``metric`` defaults to :func:`analysis.summaries.primary_metric`. The activation level tests it and
     the generalization gap (at each arm's chosen configuration, and at matched epochs when
     ``epochs`` is given and the arms trained for different lengths); the configuration level tests
     it within each replicate; the sensitivity level correlates search results with lr and epochs.

@@ -32,8 +32,8 @@ from analysis.provenance import (
     run_summary,
     sweep_settings,
 )
-from analysis.stats import (
-    LABELS,
+from analysis.stats import LABELS
+from analysis.summaries import (
     arm_summary,
     expected_best_curve,
     param_importances,

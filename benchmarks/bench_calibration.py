@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Calibration of the whole decision rule, by Monte Carlo on simulated sweeps with known truth.
 
-Each simulated experiment is a sweep shaped like the loader's output (analysis/simulate.py): two
+Each simulated experiment is a sweep shaped like the loader's output (benchmarks/simulate.py): two
 arms, R replicates of a 12-trial ASHA-like search per arm on a response surface peaking at 66%
 (search luck: each replicate's tuned configuration falls short of the peak by a random amount),
 5 confirmation seeds per tuned configuration, 1% diverged runs. All experiments of one setting go
@@ -43,7 +43,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analysis.decision import activation_decision, decision_tests  # noqa: E402
-from analysis.simulate import simulate  # noqa: E402
+from benchmarks.simulate import simulate  # noqa: E402
 
 ALPHA = 0.05
 ARMS = ("relu", "selu")

@@ -264,7 +264,7 @@ def asha(args: argparse.Namespace) -> int:
     from sweeps.prepare import RunOptions
     from sweeps.prepare import load_data as sweep_data
     from sweeps.runner import run_sweep
-    from trainable.data import DataError
+    from trainable.cifar10 import DataError
 
     asha_config(args, "results", True)  # bad input fails here, before Ray starts
     ray = start_local_ray(args.concurrency)

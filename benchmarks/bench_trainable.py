@@ -87,7 +87,7 @@ def trial_config(overrides: list[str], epochs: int) -> dict[str, Any]:
 
 
 def load_data(args: argparse.Namespace):
-    from trainable.data import DataError, make_dataset
+    from trainable.dataset import DataError, make_dataset
 
     try:
         if args.data_dir:
@@ -113,7 +113,7 @@ def run_plain_keras(data, cfg: dict[str, Any]) -> Clock:
     """One plain ``model.fit`` with per-epoch validation (normalisation included)."""
     import keras
 
-    from trainable.data import normalize
+    from trainable.dataset import normalize
     from trainable.model import build_model
 
     with Clock() as clock:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from trainable.data import NORMALIZATIONS
+from trainable.dataset import NORMALIZATIONS
 from trainable.model import ACTIVATIONS, INITIALIZERS
 from trainable.train import DEFAULTS
 

@@ -19,16 +19,9 @@ import yaml
 
 from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
+from sweeps.experiment import Experiment, check_storage_path, redact
 from sweeps.ray_session import check_address
-from sweeps.seeds import study_name
-from sweeps.storage import (
-    Experiment,
-    check_database_url,
-    check_storage_path,
-    check_study_database,
-    optuna_storage,
-    redact,
-)
+from sweeps.studies import check_database_url, check_study_database, delete_studies, optuna_url
 
 
 class SweepFailed(RuntimeError):
@@ -50,10 +43,6 @@ class RunOptions:
     report: bool = True
     callbacks: Sequence[Any] = field(default_factory=tuple)  # extra Keras callbacks for every trial
     command: str = ""                                        # the command line, recorded in runs.jsonl
-
-
-def optuna_url(cfg: SweepConfig, exp: Experiment) -> str:
-    return cfg.search.optuna_storage or f"sqlite:///{exp.join('optuna.db')}"
 
 
 def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
@@ -112,7 +101,7 @@ def _refuse_foreign(exp: Experiment, options: RunOptions) -> None:
 def load_data(cfg: SweepConfig):
     """The dataset (or, with ``data.vary_split``, one per replicate's split seed)."""
     from trainable import make_dataset
-    from trainable.data import DataWarning
+    from trainable.cifar10 import DataWarning
 
     d = cfg.data
 
@@ -141,17 +130,6 @@ def _saved_config(cfg: SweepConfig) -> str:
     raw["storage_path"] = redact(raw["storage_path"])
     raw["search"]["optuna_storage"] = redact(raw["search"]["optuna_storage"])
     return yaml.safe_dump(raw, sort_keys=False)
-
-
-def delete_studies(cfg: SweepConfig, exp: Experiment, exp_id: str) -> None:
-    """Delete only the studies this experiment created (their names carry its id)."""
-    import optuna
-
-    storage = optuna_storage(optuna_url(cfg, exp))
-    prefix = study_name(cfg, exp_id, "")
-    for s in optuna.study.get_all_study_summaries(storage):
-        if s.study_name.startswith(prefix):
-            optuna.delete_study(study_name=s.study_name, storage=storage)
 
 
 def open_experiment(cfg: SweepConfig, options: RunOptions, exp: Experiment, dataset) -> str:

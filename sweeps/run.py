@@ -67,8 +67,8 @@ def parse(argv: list[str] | None = None):
     config file), because ``--resume`` and ``--confirm-only`` continue from the saved config.
     """
     from sweeps.config import parse_assignment, parse_yaml_text
+    from sweeps.experiment import Experiment, has_redacted_password
     from sweeps.prepare import RunOptions
-    from sweeps.storage import Experiment, has_redacted_password
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -97,9 +97,9 @@ def parse(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeps.experiment import Experiment, redact
     from sweeps.prepare import SweepFailed, SweepInterrupted, validate
-    from sweeps.storage import Experiment, redact
-    from trainable.data import DataError
+    from trainable.cifar10 import DataError
 
     try:
         cfg, options = parse(argv)

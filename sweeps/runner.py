@@ -2,7 +2,8 @@
 stage (each replicate's best config per arm x K seeds), then the report.
 
 Everything is checked before anything starts (``validate``); the experiment directory lives
-in ``sweeps.storage``, Ray in ``sweeps.ray_session``; this module keeps only the two stages.
+in ``sweeps.experiment``, the Optuna studies in ``sweeps.studies``, Ray in ``sweeps.ray_session``;
+this module keeps the two stages and Tune's pickling set-up.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
+from sweeps.experiment import Experiment, redact
 from sweeps.prepare import (
     RunOptions,
     SweepFailed,
@@ -22,13 +24,12 @@ from sweeps.prepare import (
     data_info,
     load_data,
     open_experiment,
-    optuna_url,
     validate,
 )
 from sweeps.ray_session import quiet_logs, start_ray, wait_for_resources
 from sweeps.search import make_scheduler, make_searcher, stopped_early, total_search_trials
 from sweeps.seeds import cell_of
-from sweeps.storage import Experiment, optuna_storage, redact
+from sweeps.studies import optuna_storage, optuna_url
 
 __all__ = ["RunOptions", "SweepFailed", "SweepInterrupted", "run_sweep", "write_report"]
 
@@ -47,12 +48,33 @@ EXPERIMENT_CHECKPOINT_S = "1"
 trial_dirname = "{0.config[arm]}_{0.trial_id}".format
 
 
+# Tune pickles the searcher, the scheduler and the callbacks into ``<stage>/tuner.pkl``.
+# :func:`pickle_project_by_value` stores this project's classes there by value, so
+# ``tune.Tuner.restore(path, trainable=train_cnn).get_results()`` also works where the project is
+# not installed (any function named ``train_cnn`` will do as the trainable). The modules: the
+# searcher and scheduler (sweeps.search, using sweeps.seeds), the progress callback
+# (sweeps.progress) and the tracker callbacks (sweeps.trackers).
+PICKLED_BY_VALUE = ("sweeps.search", "sweeps.seeds", "sweeps.progress", "sweeps.trackers")
+
+
+def pickle_project_by_value() -> None:
+    """Make Ray's cloudpickle store this project's searcher, scheduler and callback classes by
+    value (their code, not an import path), so a stage's ``tuner.pkl`` loads without the project.
+    (Resuming a sweep then runs these classes as they were when the stage started.)"""
+    import importlib
+
+    from ray import cloudpickle
+
+    for name in PICKLED_BY_VALUE:
+        cloudpickle.register_pickle_by_value(importlib.import_module(name))
+
+
 def _run_config(cfg: SweepConfig, exp: Experiment, stage: str, total: int, budget_epochs: int):
     from ray import tune
 
     from sweeps.progress import ProgressTable
 
-    trackers.pickle_project_by_value()  # tuner.pkl readable without this project
+    pickle_project_by_value()  # tuner.pkl readable without this project
     return tune.RunConfig(
         name=stage, storage_path=exp.path, verbose=0,
         callbacks=[ProgressTable(stage, total, budget_epochs, arms=[a.name for a in cfg.arms]),

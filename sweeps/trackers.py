@@ -13,11 +13,6 @@ Ray Tune does the logging; this module only picks Ray's callbacks from the ``log
   trial, grouped by sweep name. ``mode: offline`` (the default) never touches the network: the
   runs go to ``<exp>/wandb/offline-run-*-<trial_id>`` (``$WANDB_DIR/wandb/`` if set; ``./wandb/``
   for a remote experiment), and ``wandb sync <exp>/wandb/offline-run-*`` uploads them later.
-
-Tune pickles the searcher, the scheduler and the callbacks into ``<stage>/tuner.pkl``.
-:func:`pickle_project_by_value` stores this project's classes there by value, so
-``tune.Tuner.restore(path, trainable=train_cnn).get_results()`` also works where the project is
-not installed (any function named ``train_cnn`` will do as the trainable).
 """
 
 from __future__ import annotations
@@ -35,11 +30,7 @@ from sweeps.config import ConfigError, SweepConfig
 if TYPE_CHECKING:
     from ray import tune
 
-    from sweeps.storage import Experiment
-
-# Modules whose classes Tune pickles into tuner.pkl: the searcher and scheduler (sweeps.search,
-# using sweeps.seeds), the progress callback (sweeps.progress) and the tracker callbacks (here).
-PICKLED_BY_VALUE = ("sweeps.search", "sweeps.seeds", "sweeps.progress", "sweeps.trackers")
+    from sweeps.experiment import Experiment
 
 _EXTRA = "pip install 'selu-sweep[tracking]' (or: pip install {package})"
 
@@ -177,14 +168,3 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
                                              upload_checkpoints=False, save_checkpoints=False))
     return callbacks
 
-
-def pickle_project_by_value() -> None:
-    """Make Ray's cloudpickle store this project's searcher, scheduler and callback classes by
-    value (their code, not an import path), so a stage's ``tuner.pkl`` loads without the project.
-    (Resuming a sweep then runs these classes as they were when the stage started.)"""
-    import importlib
-
-    from ray import cloudpickle
-
-    for name in PICKLED_BY_VALUE:
-        cloudpickle.register_pickle_by_value(importlib.import_module(name))

@@ -1,18 +1,20 @@
 """CIFAR-10 data, the original CNN, and the Ray Tune trainable that trains it."""
 
-from trainable.data import (
+from trainable.cifar10 import (
     CLASS_NAMES,
-    NORMALIZATIONS,
     Cifar10Copy,
     DataError,
-    Dataset,
     DataWarning,
     dataset_digest,
     load_cifar10,
-    make_dataset,
-    normalize,
     read_cifar10,
     resolve_data_dir,
+)
+from trainable.dataset import (
+    NORMALIZATIONS,
+    Dataset,
+    make_dataset,
+    normalize,
     stratified_split,
     synthetic_cifar10,
 )

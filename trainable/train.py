@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from trainable import _backend  # noqa: F401  (quiet TensorFlow start-up: before any keras import)
-from trainable.data import Dataset, normalize
+from trainable.dataset import Dataset, normalize
 
 DEFAULTS: dict[str, Any] = {
     # Activation of both conv layers; one of trainable.model.ACTIVATIONS.

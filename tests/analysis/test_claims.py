@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.claims import conclude
-from analysis.simulate import simulate
+from benchmarks.simulate import simulate
 
 SYNTHETIC = {"sim": {"config": {"data": {"source": "synthetic"}},
                      "data": {"source": "synthetic", "train": 500, "val": 100, "test": 100, "digest": "d1",

@@ -19,7 +19,7 @@ from analysis.decision import (
     matched_epoch_gap_tests,
     replicate_table,
 )
-from analysis.simulate import simulate
+from benchmarks.simulate import simulate
 
 
 def _trials(values: dict[str, list[list[float]]], lr=None, epochs=None, status=None) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pytest
 
 from analysis.load import Results
 from analysis.report import build_report, save_report, write_report
-from analysis.simulate import simulate
+from benchmarks.simulate import simulate
 
 META = {"sim": {"config": {"search": {"replicates": 5, "num_samples": 12}, "confirm": {"seeds": 5},
                            "analysis": {"equivalence_margin": 1.0}, "data": {"source": "synthetic"}},

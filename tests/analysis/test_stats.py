@@ -12,20 +12,17 @@ import pytest
 from scipy import stats
 
 from analysis.stats import (
-    arm_summary,
     clopper_pearson,
-    divergence,
-    expected_best_curve,
     expected_max,
     holm,
     holm_levels,
     paired_t,
-    search_summary,
     spearman_batch,
     spearman_test,
     t_interval,
     welch,
 )
+from analysis.summaries import arm_summary, divergence, expected_best_curve, search_summary
 
 A = [0.712, 0.705, 0.718, 0.709, 0.714]
 B = [0.662, 0.671, 0.659, 0.668, 0.665]

@@ -226,9 +226,9 @@ def test_a_pickled_study_storage_holds_no_password_and_reconnects_with_it(postgr
     """Tune saves the searcher, storage included, into the experiment (tuner.pkl, searcher-state)."""
     import pickle
 
-    from sweeps import storage
+    from sweeps import studies
 
-    blob = pickle.dumps(storage.optuna_storage(postgres.url()))
+    blob = pickle.dumps(studies.optuna_storage(postgres.url()))
     assert postgres.password.encode() not in blob and b":***@" in blob
     restored = pickle.loads(blob)  # this process was given the URL: the password comes back
     assert restored.url == postgres.url()

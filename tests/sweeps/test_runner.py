@@ -13,8 +13,8 @@ from pathlib import Path
 import optuna
 
 from analysis.load import load_results
-from sweeps import seeds
-from sweeps.config import CONFIG_DIR
+from sweeps import runner, seeds
+from sweeps.config import CONFIG_DIR, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -245,3 +245,37 @@ def test_identical_arms_end_to_end_name_no_winner(ray_local, tmp_path):
     assert record["unit"] == "replicate" and record["replicates"] == {"relu": 3, "relu-again": 3}
     assert record["winner"] is None, record["claims"]
     assert record["synthetic_data"] is True and "SYNTHETIC" in record["claims"][0]
+
+
+LOAD_WITHOUT_PROJECT = r"""
+import sys
+
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("sweeps", "trainable", "analysis"):
+            raise ModuleNotFoundError(name)
+
+sys.meta_path.insert(0, Refuse())
+from ray import cloudpickle
+searcher, scheduler, progress = cloudpickle.loads(sys.stdin.buffer.read())
+print(type(searcher).__name__, sorted(searcher._searchers), type(scheduler).__name__, scheduler._metric,
+      type(progress).__name__)
+"""
+
+
+def test_searcher_scheduler_and_progress_table_unpickle_without_the_project(tmp_path):
+    from ray import cloudpickle
+
+    from sweeps.progress import ProgressTable
+    from sweeps.search import make_scheduler, make_searcher
+
+    cfg = load_config(CONFIG_DIR / "smoke.yaml")
+    runner.pickle_project_by_value()
+    data = cloudpickle.dumps((make_searcher(cfg, None), make_scheduler(cfg), ProgressTable("search", 8, 16)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    proc = subprocess.run([sys.executable, "-I", "-c", LOAD_WITHOUT_PROJECT], input=data, env=env,
+                          cwd=tmp_path, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert proc.stdout.decode().split() == [
+        "StratifiedSearch", "['relu/r0',", "'relu/r1',", "'selu/r0',", "'selu/r1']", "PerArmScheduler",
+        "val_accuracy", "ProgressTable"]

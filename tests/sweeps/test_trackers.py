@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 
 import pytest
 
 from sweeps import trackers
 from sweeps.config import CONFIG_DIR, ConfigError, load_config
-from sweeps.storage import Experiment
+from sweeps.experiment import Experiment
 
 
 def smoke(*overrides: str):
@@ -116,37 +114,3 @@ def test_mlflow_callback_logs_each_result_in_one_batch_and_keeps_artifacts_besid
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val_accuracy")] == \
         [(1, 0.25), (2, 0.5)]
     assert run.data.metrics["config/lr"] == 0.01 and "hostname" not in run.data.metrics
-
-
-LOAD_WITHOUT_PROJECT = r"""
-import sys
-
-class Refuse:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("sweeps", "trainable", "analysis"):
-            raise ModuleNotFoundError(name)
-
-sys.meta_path.insert(0, Refuse())
-from ray import cloudpickle
-searcher, scheduler, progress = cloudpickle.loads(sys.stdin.buffer.read())
-print(type(searcher).__name__, sorted(searcher._searchers), type(scheduler).__name__, scheduler._metric,
-      type(progress).__name__)
-"""
-
-
-def test_searcher_scheduler_and_progress_table_unpickle_without_the_project(tmp_path):
-    from ray import cloudpickle
-
-    from sweeps.progress import ProgressTable
-    from sweeps.search import make_scheduler, make_searcher
-
-    cfg = smoke()
-    trackers.pickle_project_by_value()
-    data = cloudpickle.dumps((make_searcher(cfg, None), make_scheduler(cfg), ProgressTable("search", 8, 16)))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    proc = subprocess.run([sys.executable, "-I", "-c", LOAD_WITHOUT_PROJECT], input=data, env=env,
-                          cwd=tmp_path, capture_output=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
-    assert proc.stdout.decode().split() == [
-        "StratifiedSearch", "['relu/r0',", "'relu/r1',", "'selu/r0',", "'selu/r1']", "PerArmScheduler",
-        "val_accuracy", "ProgressTable"]

@@ -8,7 +8,7 @@ The cases are hand-crafted pickles (the memory bombs of the issue: zero-stride n
 members, missing and misplaced members, oversized members, decompression bombs, truncated and
 CRC-damaged gzip), and deterministic byte flips of a valid archive and of a valid batch.
 
-All cases run in ONE subprocess that imports numpy and trainable.data only (not Keras/TF) under
+All cases run in ONE subprocess that imports numpy and trainable.cifar10 only (not Keras/TF) under
 ``resource.setrlimit(RLIMIT_AS, 2 GiB)`` and reports each outcome as JSON; the tests below then
 check the outcome of each case.
 """
@@ -631,7 +631,7 @@ RUNNER = r"""
 import json, resource, sys, traceback
 resource.setrlimit(resource.RLIMIT_AS, (2 * 2**30, 2 * 2**30))
 import numpy as np
-from trainable.data import DataError, read_cifar10
+from trainable.cifar10 import DataError, read_cifar10
 
 def valid(x, y):
     return (x.dtype == np.uint8 and x.ndim == 4 and x.shape[1:] == (32, 32, 3) and y.dtype == np.int64

@@ -1,4 +1,4 @@
-"""sweeps/storage.py: ownership marker, user-only atomic writes, locks, redaction, URL checks."""
+"""sweeps/experiment.py: ownership marker, user-only atomic writes, locks, redaction, storage paths."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 
 from sweeps.config import ConfigError
-from sweeps.storage import (
+from sweeps.experiment import (
     MARKER,
     Experiment,
-    check_database_url,
     check_storage_path,
     has_redacted_password,
     redact,
@@ -65,7 +64,7 @@ def test_a_second_holder_of_the_lock_is_refused_naming_the_first(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from sweeps.storage import Experiment
+        from sweeps.experiment import Experiment
         with Experiment({str(tmp_path)!r}, "demo").lock():
             print("locked", flush=True)
             time.sleep(60)
@@ -92,7 +91,7 @@ def test_a_full_disk_during_the_config_write_leaves_the_old_config_whole(tmp_pat
         sys.path.insert(0, {str(ROOT)!r})
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
-        from sweeps.storage import Experiment
+        from sweeps.experiment import Experiment
         try:
             Experiment({str(tmp_path)!r}, "demo").write_text("config.yaml", "x: 1\\n" * 10000)
         except OSError as exc:
@@ -131,26 +130,6 @@ def test_unusable_storage_paths_are_refused_before_anything_starts(path, fragmen
 def test_a_writable_or_creatable_path_and_remote_uris_are_accepted(tmp_path):
     check_storage_path(str(tmp_path / "new" / "deeper"))
     check_storage_path("s3://bucket/sweeps")
-
-
-@pytest.mark.parametrize("url, fragment", [
-    ("not a url", "is not a database URL"),
-    ("nosuchdb://x/y", "unknown database"),
-    ("postgresql+nosuchdriver://u@h/db", "unknown database"),
-    ("postgresql+psycopg://alice:s3cret@127.0.0.1:9/db", "cannot connect"),
-])
-def test_bad_database_urls_fail_with_one_line_and_no_password(url, fragment):
-    if "psycopg" in url:
-        pytest.importorskip("psycopg", reason="psycopg is in the [cluster] and [dev] extras")
-    with pytest.raises(ConfigError, match=fragment) as info:
-        check_database_url(url)
-    assert "s3cret" not in str(info.value) and "\n" not in str(info.value)
-
-
-def test_sqlite_urls_need_a_writable_directory(tmp_path):
-    check_database_url(f"sqlite:///{tmp_path}/optuna.db")
-    with pytest.raises(ConfigError, match="not writable"):
-        check_database_url("sqlite:////proc/optuna.db")
 
 
 def test_remote_locks_live_in_the_users_cache(tmp_path, monkeypatch):
