@@ -74,21 +74,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.contract import (
+    ACCURACY_COLUMNS,
+    CONFIG_FILE,
+    DATA_FILE,
+    DIVERGED,
+    EPOCH_COLUMNS,
+    FAILED,
+    FINISHED,
+    INCOMPLETE,
+    OPTUNA_DB,
+    SEARCH,
+    STAGES,
+    STOPPED_EARLY,
+)
 from analysis.metrics import trial_metrics
 
-STAGES = ("search", "confirm")
 STR_CONFIG = ("activation", "kernel_initializer", "normalization", "validate_on", "source_trial")
 NUM_CONFIG = ("lr", "epochs", "batch_size", "seed", "dropout")
 CONFIG_COLUMNS = ("arm", "activation", "lr", "epochs", "batch_size", "seed", "kernel_initializer",
                   "normalization", "dropout", "validate_on", "replicate", "source_trial")
-EPOCH_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                 "generalization_gap", "test_loss", "test_accuracy", "best_val_accuracy",
-                 "target_epochs", "diverged", "epoch_seconds", "images_per_second",
-                 "train_eval_loss", "train_eval_accuracy", "best_epoch", "min_val_loss",
-                 "min_val_loss_epoch", "timestamp")
-ACCURACY_COLUMNS = ("train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy",
-                    "train_eval_accuracy")
-STATUSES = ("finished", "stopped_early", "diverged", "failed", "incomplete")
 MAX_PARAMS_BYTES = 1 << 20  # a trial config is a few hundred bytes
 MAX_META_BYTES = 16 << 20  # config.yaml, data.json
 MAX_STATE_BYTES = 1 << 30  # experiment_state-*.json: ~5 KB per trial
@@ -282,15 +287,15 @@ def _read_result_lines(path: Path, notes: list[str]) -> tuple[list[dict], bool]:
 
 def _status(tune_status: str | None, last: dict, has_error_file: bool, damaged: bool = False) -> str:
     if last.get("diverged") == 1.0:
-        return "diverged"
+        return DIVERGED
     if tune_status == "ERROR" or has_error_file and tune_status != "TERMINATED":
-        return "failed"
+        return FAILED
     epoch, target = last.get("epoch"), last.get("target_epochs")
     if epoch is not None and target is not None and epoch >= target:
-        return "finished"
+        return FINISHED
     if tune_status == "TERMINATED" and epoch is not None and not damaged:
-        return "stopped_early"  # ended short of its epochs without error: a scheduler stop
-    return "incomplete"
+        return STOPPED_EARLY  # ended short of its epochs without error: a scheduler stop
+    return INCOMPLETE
 
 
 def _number(value: object) -> float | None:
@@ -314,7 +319,7 @@ def _trial_config(config: dict, dir_stage: str) -> tuple[dict | None, str | None
     if not isinstance(arm, str) or not arm:
         return None, ("no 'arm' (or 'activation') string in params.json" if arm is None
                       else f"'arm' is {type(arm).__name__}, expected a string"), problems
-    stage = dir_stage or config.get("stage", "search")
+    stage = dir_stage or config.get("stage", SEARCH)
     if stage not in STAGES:
         return None, f"'stage' is {_text(repr(stage))[:40]}, expected 'search' or 'confirm'", problems
     replicate = config.get("replicate", 0)
@@ -447,13 +452,13 @@ def _epoch_table(raw_rows: list[list], row_trial: list[int], trials: pd.DataFram
 
 def _read_meta(name: str, path: Path, is_sweep: bool, notes: list[str]) -> dict:
     meta: dict[str, dict | None] = {}
-    for key, fname, parse, what in (("config", "config.yaml", _yaml_mapping, "YAML mapping"),
-                                    ("data", "data.json", _json_object, "JSON object")):
+    for key, fname, parse, what in (("config", CONFIG_FILE, _yaml_mapping, "YAML mapping"),
+                                    ("data", DATA_FILE, _json_object, "JSON object")):
         f = path / fname
         meta[key] = None
         if not _exists(f):
             if key == "config" and is_sweep:
-                notes.append(f"`{name}`: no config.yaml; the sweep's settings are unknown")
+                notes.append(f"`{name}`: no {CONFIG_FILE}; the sweep's settings are unknown")
             continue
         try:
             meta[key] = _parse_file(f, MAX_META_BYTES, parse, what)
@@ -605,7 +610,7 @@ def load_studies(results: Results) -> dict[str, object]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" lines
     try:
         for path in results.experiments.values():
-            db = path / "optuna.db"
+            db = path / OPTUNA_DB
             if not _exists(db):
                 continue
             skip = "parameter importances are left out"

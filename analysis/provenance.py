@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis.contract import CONFIG_FILE, MARKER, RUNS_FILE
 from analysis.decision import MARGIN_POINTS
 
 
@@ -187,9 +188,9 @@ def reproduce_info(experiments: dict[str, Path]) -> list[dict[str, Any]]:
             installed[name] = "not installed"
     out = []
     for name, path in experiments.items():
-        config = _read_small(Path(path) / "config.yaml")
+        config = _read_small(Path(path) / CONFIG_FILE)
         commands = []
-        for line in (_read_small(Path(path) / "runs.jsonl") or b"").decode(errors="replace").splitlines():
+        for line in (_read_small(Path(path) / RUNS_FILE) or b"").decode(errors="replace").splitlines():
             try:
                 run = json.loads(line)
             except ValueError:
@@ -197,7 +198,7 @@ def reproduce_info(experiments: dict[str, Path]) -> list[dict[str, Any]]:
             if isinstance(run, dict) and isinstance(run.get("command"), str):
                 commands.append(f"{run['command']}  # {run.get('mode', '?')} {run.get('time', '')}".strip())
         try:
-            marker = json.loads((_read_small(Path(path) / ".selu-sweep.json") or b"{}").decode())
+            marker = json.loads((_read_small(Path(path) / MARKER) or b"{}").decode())
         except ValueError:
             marker = {}
         out.append({"experiment": name, "commands": commands,

@@ -29,9 +29,9 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from analysis.contract import CONFIG_FILE, MARKER, STAGES
 from sweeps.config import ConfigError
 
-MARKER = ".selu-sweep.json"
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
 
 
@@ -136,7 +136,7 @@ class Experiment:
         return self._exists()
 
     def has_sweep(self) -> bool:
-        return any(self._exists(rel) for rel in (MARKER, "config.yaml", "search", "confirm"))
+        return any(self._exists(rel) for rel in (MARKER, CONFIG_FILE, *STAGES))
 
     def has_stage(self, stage: str) -> bool:
         return self._exists(stage)

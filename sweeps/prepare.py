@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from analysis.contract import CONFIG_FILE, DATA_FILE, MARKER, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.experiment import Experiment, check_storage_path, redact
@@ -75,7 +76,7 @@ def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> N
                           f"it, --overwrite to replace it, or --name NEW_NAME")
     if not exists and not exp.remote and exp.exists() and any(Path(exp.path).iterdir()):
         # Someone else's directory: never adopted, never deleted, whatever the flags.
-        raise ConfigError(f"{exp} exists and is not a sweep (no .selu-sweep.json); nothing changed: "
+        raise ConfigError(f"{exp} exists and is not a sweep (no {MARKER}); nothing changed: "
                           f"choose another --name or --storage-path")
     if exists and (options.resume or options.confirm_only or options.overwrite) and exp.marker() is None:
         _refuse_foreign(exp, options)
@@ -86,7 +87,7 @@ def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> N
         if not cfg.search.enabled:
             raise ConfigError("--confirm-only needs a search stage to take the best configs from; "
                               "this config has search.enabled: false (just run it without the flag)")
-        if not exp.has_stage("search"):
+        if not exp.has_stage(SEARCH):
             raise ConfigError(f"--confirm-only: {exp}/search does not exist; run the search first")
     if (options.resume or options.confirm_only) and cfg.search.enabled:
         check_study_database(optuna_url(cfg, exp))
@@ -94,7 +95,7 @@ def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> N
 
 def _refuse_foreign(exp: Experiment, options: RunOptions) -> None:
     flag = "--overwrite" if options.overwrite else "--resume" if options.resume else "--confirm-only"
-    raise ConfigError(f"{flag}: {exp} was not created by selu-sweep (no .selu-sweep.json); nothing "
+    raise ConfigError(f"{flag}: {exp} was not created by selu-sweep (no {MARKER}); nothing "
                       f"changed: move it away or choose another --name")
 
 
@@ -141,9 +142,9 @@ def open_experiment(cfg: SweepConfig, options: RunOptions, exp: Experiment, data
         exp.delete()
         marker = None
     exp_id = marker["experiment_id"] if marker else exp.create()
-    exp.write_text("config.yaml", _saved_config(cfg))
-    exp.write_text("data.json", json.dumps(data_info(dataset), indent=1))
-    exp.append_line("runs.jsonl", json.dumps({
+    exp.write_text(CONFIG_FILE, _saved_config(cfg))
+    exp.write_text(DATA_FILE, json.dumps(data_info(dataset), indent=1))
+    exp.append_line(RUNS_FILE, json.dumps({
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
         "mode": "resume" if options.resume else "confirm-only" if options.confirm_only else "start",
         "command": redact_command(options.command)}))

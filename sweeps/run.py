@@ -66,6 +66,7 @@ def parse(argv: list[str] | None = None):
     literally. ``name`` and ``storage_path`` are resolved first (flags, then ``--set``, then the
     config file), because ``--resume`` and ``--confirm-only`` continue from the saved config.
     """
+    from analysis.contract import CONFIG_FILE
     from sweeps.config import parse_assignment, parse_yaml_text
     from sweeps.experiment import Experiment, has_redacted_password
     from sweeps.prepare import RunOptions
@@ -83,9 +84,9 @@ def parse(argv: list[str] | None = None):
         name = str(flags.get("name", sets.get("name", raw.get("name", ""))))
         storage = str(flags.get("storage_path", sets.get("storage_path", raw.get("storage_path", "results"))))
         check_name("name", name)
-        text = Experiment(storage, name).read_text("config.yaml")
+        text = Experiment(storage, name).read_text(CONFIG_FILE)
         if text is not None:
-            raw = parse_yaml_text(text, f"{storage}/{name}/config.yaml (saved config)")
+            raw = parse_yaml_text(text, f"{storage}/{name}/{CONFIG_FILE} (saved config)")
     cfg = parse_config(raw, args.overrides, flags)
     if has_redacted_password(cfg.search.optuna_storage):
         raise ConfigError("search.optuna_storage: the saved config hides the database password; pass "

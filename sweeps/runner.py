@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from analysis.contract import CONFIRM, REPORT_DIR, SEARCH
 from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.experiment import Experiment, redact
@@ -133,9 +134,9 @@ def run_search(cfg: SweepConfig, exp: Experiment, trainable, exp_id: str):
                 search_alg=searcher, metric=cfg.search.metric, mode="max",
                 trial_dirname_creator=trial_dirname, scheduler=make_scheduler(cfg), num_samples=total,
                 max_concurrent_trials=cfg.resources.max_concurrent_trials),
-            run_config=_run_config(cfg, exp, "search", total, total * cfg.max_epochs()))
+            run_config=_run_config(cfg, exp, SEARCH, total, total * cfg.max_epochs()))
 
-    return _fit(cfg, exp, "search", trainable, make_tuner, total)
+    return _fit(cfg, exp, SEARCH, trainable, make_tuner, total)
 
 
 def best_configs(cfg: SweepConfig, results) -> dict[str, dict[str, Any]]:
@@ -175,7 +176,7 @@ def confirm_configs(cfg: SweepConfig, best: dict[str, dict] | None) -> list[dict
                 else {**base, **arm.settings(cfg.train), "replicate": 0}
             for k in range(cfg.confirm.seeds):
                 out.append({**chosen, "seed": seeds.confirm_trial_seed(cfg.confirm.seed, rep, k),
-                            "stage": "confirm", "evaluate_test": True})
+                            "stage": CONFIRM, "evaluate_test": True})
     return out
 
 
@@ -195,15 +196,15 @@ def run_confirm(cfg: SweepConfig, exp: Experiment, trainable, best: dict[str, di
                 metric="val_accuracy", mode="max",  # for ResultGrid.get_best_result()
                 search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                 max_concurrent_trials=cfg.resources.max_concurrent_trials),
-            run_config=_run_config(cfg, exp, "confirm", len(configs), sum(int(c["epochs"]) for c in configs)))
+            run_config=_run_config(cfg, exp, CONFIRM, len(configs), sum(int(c["epochs"]) for c in configs)))
 
-    return _fit(cfg, exp, "confirm", trainable, make_tuner, len(configs))
+    return _fit(cfg, exp, CONFIRM, trainable, make_tuner, len(configs))
 
 
 def _search_results(exp: Experiment, trainable):
     from ray import tune
 
-    return tune.Tuner.restore(exp.join("search"), trainable=trainable).get_results()
+    return tune.Tuner.restore(exp.join(SEARCH), trainable=trainable).get_results()
 
 
 def run_sweep(cfg: SweepConfig, options: RunOptions = RunOptions(), dataset=None) -> str:
@@ -250,11 +251,11 @@ def write_report(exp: Experiment) -> str | None:
     """Write the analysis report into ``<exp>/report`` (a local dir when ``exp`` is remote)."""
     from analysis.report import write_report as _write
 
-    path, out = exp.path, exp.join("report")
+    path, out = exp.path, exp.join(REPORT_DIR)
     if exp.remote:  # analysis reads local files: copy the experiment down first
         import shutil
 
-        out = str(Path("results") / exp.name / "report")
+        out = str(Path("results") / exp.name / REPORT_DIR)
         local = Path(out).parent / "experiment"
         if local.exists():
             shutil.rmtree(local)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from analysis.contract import OPTUNA_DB
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.experiment import Experiment, check_storage_path, redact
 from sweeps.seeds import study_name
@@ -129,7 +130,7 @@ def __getattr__(name: str):  # PEP 562: the class is made on first use, as optun
 
 
 def optuna_url(cfg: SweepConfig, exp: Experiment) -> str:
-    return cfg.search.optuna_storage or f"sqlite:///{exp.join('optuna.db')}"
+    return cfg.search.optuna_storage or f"sqlite:///{exp.join(OPTUNA_DB)}"
 
 
 def delete_studies(cfg: SweepConfig, exp: Experiment, exp_id: str) -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from analysis.load import EPOCH_COLUMNS, STATUSES, AnalysisError, load_results, load_studies
+from analysis.contract import EPOCH_COLUMNS, STATUSES
+from analysis.load import AnalysisError, load_results, load_studies
 from tests.analysis.handmade import T0, make_experiment, result_rows, write_state, write_trial
 
 

@@ -1,0 +1,38 @@
+"""What a sweep writes and the analysis reads, defined once: the experiment's file names, the two
+stages, the status words of a trial and the per-epoch columns.
+
+``sweeps/`` writes with these names and ``analysis/`` reads with them, so the writer and the
+reader cannot drift apart. The per-epoch metrics come from the trainable itself
+(``trainable.train.METRICS``); this module adds only what Tune and the test measurement append.
+"""
+
+from __future__ import annotations
+
+from trainable.train import METRICS
+
+# --------------------------------------------------------------------------- the experiment directory
+MARKER = ".selu-sweep.json"   # ownership marker: tool, version, name, creation time, experiment id
+CONFIG_FILE = "config.yaml"   # the resolved config (passwords redacted)
+DATA_FILE = "data.json"       # the data: source, sizes, digest, official release or not
+RUNS_FILE = "runs.jsonl"      # one line per start or resume: time, host, command line
+OPTUNA_DB = "optuna.db"       # the Optuna studies (SQLite), unless search.optuna_storage names a database
+REPORT_DIR = "report"         # the analysis report
+VERDICT_FILE = "verdict.json"  # the verdict for machines, in REPORT_DIR
+
+# --------------------------------------------------------------------------- stages
+SEARCH, CONFIRM = "search", "confirm"
+STAGES = (SEARCH, CONFIRM)    # each a Ray Tune experiment directory of that name
+
+# --------------------------------------------------------------------------- trial statuses
+FINISHED = "finished"            # ran every planned epoch
+STOPPED_EARLY = "stopped_early"  # stopped by the scheduler (ASHA) before its planned end
+DIVERGED = "diverged"            # its training loss exploded: an outcome, counted apart
+FAILED = "failed"                # errored (Tune's ERROR)
+INCOMPLETE = "incomplete"        # neither: still running, pending or interrupted
+STATUSES = (FINISHED, STOPPED_EARLY, DIVERGED, FAILED, INCOMPLETE)
+USABLE = (FINISHED, DIVERGED)    # ran to their planned end; diverged ones are outcomes, counted apart
+
+# --------------------------------------------------------------------------- per-epoch columns
+TEST_METRICS = ("test_loss", "test_accuracy")  # reported once, at a trial's last epoch
+EPOCH_COLUMNS = (*METRICS, *TEST_METRICS, "timestamp")
+ACCURACY_COLUMNS = tuple(c for c in EPOCH_COLUMNS if c.endswith("accuracy"))
