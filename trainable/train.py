@@ -228,7 +228,8 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple
 def normalizer(method: str, mean: np.ndarray | None = None, std: np.ndarray | None = None):
     """``trainable.dataset.normalize`` as a function of backend tensors (``keras.ops``), so that
     ``uint8`` images are normalised where they live (on a GPU: on the device), batch by batch.
-    The same float32 operations in the same order: the same numbers as ``normalize``."""
+    The same float32 operations in the same order: the same numbers as ``normalize`` (exactly on
+    TensorFlow; XLA may turn the division into a multiplication by 1/255, 1 ulp off)."""
     import keras
 
     ops = keras.ops

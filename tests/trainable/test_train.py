@@ -276,7 +276,9 @@ def test_restoring_into_a_differently_configured_model_names_the_fix(tiny_datase
 
 
 def test_divergence_is_checked_at_epoch_end_and_ends_the_trial_without_checkpoint(tiny_dataset):
-    reports = _run(tiny_dataset, {"epochs": 3, "lr": 1e3})
+    # JAX and torch clip probabilities, so a diverged loss saturates near 14.5 there (DEFAULTS).
+    limit = 100.0 if keras.backend.backend() == "tensorflow" else 10.0
+    reports = _run(tiny_dataset, {"epochs": 3, "lr": 1e3, "divergence_loss": limit})
     assert len(reports) == 1
     assert reports[0]["diverged"] == 1.0 and not reports[0]["checkpoint"]
 
