@@ -237,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     n_train = len(data.y_train)
     runs: list[tuple[str, int, Clock]] = []
     epoch_walls: list[float] = []
+    fit_walls: list[float] = []  # the training part of each B epoch (images / images_per_second)
     with tempfile.TemporaryDirectory() as tmp:
         for pair in range(1, args.pairs + 1):
             a = run_plain_keras(data, cfg)
@@ -245,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             b, reports = run_trainable(data, cfg, storage)
             runs += [("A plain keras fit", pair, a), ("B trainable loop", pair, b)]
             epoch_walls += [r["epoch_seconds"] for r in reports]
+            fit_walls += [n_train / r["images_per_second"] for r in reports]
             print(f"pair {pair}/{args.pairs}: A {a.wall:.1f} s, B {b.wall:.1f} s", file=sys.stderr)
         ckpt = checkpoint_seconds(data, cfg, Path(tmp), args.checkpoint_reps)
         tune_ckpt = None if args.no_tune else tune_checkpoint_seconds(args.checkpoint_reps, Path(tmp))
@@ -281,6 +283,10 @@ def main(argv: list[str] | None = None) -> int:
           f"by CPU time: {statistics.median(cpu_ratios):.3f}; target >= 0.95")
 
     epoch_s = statistics.median(epoch_walls)
+    end_s = statistics.median(e - f for e, f in zip(epoch_walls, fit_walls))
+    print(f"B per epoch (medians): {statistics.median(fit_walls):.2f} s training, {end_s:.2f} s epoch-end "
+          f"work (evaluation of {min(cfg['train_eval_size'], n_train)} training + {len(data.y_val)} "
+          f"validation images, checkpoint, report) = {end_s / epoch_s:.1%} of the epoch")
     ck = statistics.median(ckpt)
     print()
     print(f"# checkpoint: save model + optimizer + state and copy to storage (median of {len(ckpt)}); "

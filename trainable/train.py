@@ -410,7 +410,7 @@ def train_cnn(config: dict[str, Any], data: Dataset | dict[int, Dataset],
     trains on ``data[config["split_seed"]]``.
 
     Threads and the GPU memory cap follow the trial's resources (``cpu``, fractional ``gpu``).
-    ``callbacks`` are extra Keras callbacks passed to every ``fit`` call (they see the trial's
+    ``callbacks`` are extra Keras callbacks passed to the trial's ``fit`` call (they see the trial's
     true epoch index, also after a restore).
     """
     check_config(config)  # a bad config fails before the backend starts
