@@ -15,11 +15,14 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
   (what the sweep confirms); target: within 1 point using <= 40% of the epochs.
 * ``gpu-packing``: k = 1, 2, 4, 8 training loops (``trainable.train.train_loop``, plain Keras 3, no
   Ray) in k processes sharing one GPU (each capped at 1/k of its memory, as a sweep with
-  ``gpus_per_trial: 1/k`` does); aggregate images/s against k = 1. Runs on any Keras backend.
+  ``gpus_per_trial: 1/k`` does), on synthetic full-size data (45,000 images), under
+  ``KERAS_BACKEND=jax`` and TensorFlow in turn: aggregate images/s against k = 1 and the GPU's
+  utilisation (``nvidia-smi`` sampled every 0.5 s). One prepared script for a GPU machine
+  (about 5 minutes on one GPU at the defaults); ``--smoke-test`` runs it tiny on the CPU.
 
     python benchmarks/bench_sweep.py overhead [--trials 20] [--pairs 2] [--epochs 1] [--images 5000]
     python benchmarks/bench_sweep.py asha [--data-dir DIR] [--num-samples 6] [--images 2000]
-    python benchmarks/bench_sweep.py gpu-packing [--k 1,2,4,8] [--images 10000] [--epochs 3]
+    python benchmarks/bench_sweep.py gpu-packing [--k 1,2,4,8] [--backends jax,tensorflow] [--images 45000]
     python benchmarks/bench_sweep.py {overhead,asha,gpu-packing} --smoke-test
 """
 
@@ -77,9 +80,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
     g = sub.add_parser("gpu-packing", parents=[common], help="k training loops on one GPU")
     g.add_argument("--k", default="1,2,4,8", help="loop counts, comma-separated (default 1,2,4,8)")
-    g.add_argument("--images", type=int, default=10000, help="training images per epoch (default 10000)")
-    g.add_argument("--epochs", type=int, default=3, help="timed epochs per loop after 1 warm-up (default 3)")
-    g.add_argument("--repeats", type=int, default=2, help="interleaved rounds over k (default 2)")
+    g.add_argument("--images", type=int, default=45000,
+                   help="training images per loop and epoch (default 45000: full size, synthetic)")
+    g.add_argument("--epochs", type=int, default=2, help="timed epochs per loop after 1 warm-up (default 2)")
+    g.add_argument("--repeats", type=int, default=1,
+                   help="interleaved rounds over backends and k (default 1)")
+    g.add_argument("--backends", default="jax,tensorflow",
+                   help="Keras backends, comma-separated (default jax,tensorflow; one not installed is "
+                        "named and skipped)")
     g.add_argument("--threads", type=int, default=1, help="CPU threads per loop (default 1)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="trial config override, e.g. --set steps_per_execution=8")
@@ -103,6 +111,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             raise UsageError(f"--k {args.k!r}: use comma-separated whole numbers, e.g. 1,2,4,8") from None
         if not args.k or min(args.k) < 1:
             raise UsageError(f"--k {args.k}: every count must be >= 1")
+        args.backends = [b.strip() for b in str(args.backends).split(",") if b.strip()]
+        unknown = [b for b in args.backends if b not in ("jax", "tensorflow", "torch")]
+        if unknown or not args.backends:
+            raise UsageError(f"--backends {unknown or args.backends}: use jax, tensorflow and/or torch")
     if args.data_dir and not os.path.exists(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such file or directory; "
                          "make one with ../shared/tools/cifar10_to_batches.py or drop the flag")
@@ -316,7 +328,8 @@ def asha(args: argparse.Namespace) -> int:
 
 
 def _packed_loop(rank: int, k: int, args: dict[str, Any], cfg: dict[str, Any], barrier, queue) -> None:
-    """One of ``k`` loops: 1 warm-up epoch, wait for all, then the timed epochs."""
+    """One of ``k`` loops: 1 warm-up epoch, wait for all, then the timed epochs. Its backend is the
+    ``KERAS_BACKEND`` the parent set before starting it."""
     try:
         from trainable._backend import configure_process
 
@@ -332,73 +345,155 @@ def _packed_loop(rank: int, k: int, args: dict[str, Any], cfg: dict[str, Any], b
             marks.append(time.time())
 
         train_loop({**cfg, "epochs": args["epochs"] + 1, "seed": rank}, data, report)
-        queue.put((rank, marks[0], marks[-1], len(data.y_train) * args["epochs"], None))
+        queue.put((rank, marks[0], marks[-1], len(data.y_train) * args["epochs"], _devices(), None))
     except Exception as exc:  # report it instead of hanging the parent
         with contextlib.suppress(Exception):
             barrier.abort()
-        queue.put((rank, math.nan, math.nan, 0, f"{exc.__class__.__name__}: {exc}"))
+        queue.put((rank, math.nan, math.nan, 0, "", f"{exc.__class__.__name__}: {exc}"))
 
 
-def run_packed(k: int, args: argparse.Namespace, cfg: dict[str, Any]) -> tuple[float, float]:
-    """(aggregate images/s, wall s of the timed part) of ``k`` loops in ``k`` processes."""
+def _devices() -> str:
+    """The accelerator this process trained on, in words (from inside a loop's process)."""
+    import keras
+
+    backend = keras.backend.backend()
+    with contextlib.suppress(Exception):
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            return f"{len(gpus)} GPU(s)" if gpus else "CPU only"
+        if backend == "jax":
+            import jax
+
+            return ", ".join(sorted({d.platform for d in jax.devices()}))
+    return "unknown"
+
+
+class GpuSampler:
+    """Samples ``nvidia-smi`` (utilisation %, memory used MiB) every ``period`` s in a thread;
+    :meth:`mean` averages the samples inside a time window. No nvidia-smi: no samples."""
+
+    QUERY = ["--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits"]
+
+    def __init__(self, period: float = 0.5) -> None:
+        import shutil
+        import threading
+
+        self.smi = shutil.which("nvidia-smi")
+        self.period, self.samples = period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import subprocess
+
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                out = subprocess.run([self.smi, *self.QUERY], capture_output=True, text=True,
+                                     timeout=10, check=True).stdout
+                rows = [[float(v) for v in line.split(",")] for line in out.strip().splitlines()]
+                if rows:  # the busiest card (the loops share one)
+                    self.samples.append((time.time(), max(r[0] for r in rows), max(r[1] for r in rows)))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> GpuSampler:
+        if self.smi:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self.smi:
+            self._thread.join(timeout=15)
+
+    def mean(self, start: float, end: float) -> tuple[float, float]:
+        inside = [(u, m) for t, u, m in self.samples if start <= t <= end]
+        if not inside:
+            return math.nan, math.nan
+        return statistics.mean(u for u, _ in inside), max(m for _, m in inside)
+
+
+def run_packed(k: int, backend: str, args: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``k`` loops in ``k`` processes on ``backend``: aggregate images/s over the timed part,
+    the GPU's mean utilisation and peak memory in that window, and the device in words."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(k), ctx.Queue()
     plain = {key: getattr(args, key) for key in ("data_dir", "images", "val", "epochs", "threads")}
     procs = [ctx.Process(target=_packed_loop, args=(i, k, plain, cfg, barrier, queue)) for i in range(k)]
-    for p in procs:
-        p.start()
-    out = [queue.get(timeout=3600) for _ in procs]
-    for p in procs:
-        p.join()
+    saved = os.environ.get("KERAS_BACKEND")
+    os.environ["KERAS_BACKEND"] = backend  # a spawned child inherits the environment at start()
+    try:
+        with GpuSampler() as gpu:
+            for p in procs:
+                p.start()
+            out = [queue.get(timeout=3600) for _ in procs]
+            for p in procs:
+                p.join()
+    finally:
+        if saved is None:
+            os.environ.pop("KERAS_BACKEND", None)
+        else:
+            os.environ["KERAS_BACKEND"] = saved
     errors = [e for *_, e in out if e]
     if errors:
-        raise RuntimeError(f"k={k}: a training loop failed: {errors[0]}")
-    wall = max(o[2] for o in out) - min(o[1] for o in out)
-    return sum(o[3] for o in out) / wall, wall
+        raise RuntimeError(f"{backend} k={k}: a training loop failed: {errors[0]}")
+    start, end = min(o[1] for o in out), max(o[2] for o in out)
+    util, mem = gpu.mean(start, end)
+    return {"rate": sum(o[3] for o in out) / (end - start), "util": util, "mem": mem, "device": out[0][4]}
+
+
+def available_backends(names: list[str]) -> tuple[list[str], list[str]]:
+    """(installed, missing) among the Keras backends ``names`` (by their Python package)."""
+    import importlib.util
+
+    package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
+    ok = [b for b in names if importlib.util.find_spec(package[b]) is not None]
+    return ok, [b for b in names if b not in ok]
 
 
 def gpu_packing(args: argparse.Namespace) -> int:
     cfg = trial_config(args.set, args.epochs + 1)
     load_data(args)  # bad --data-dir fails here, before any process starts
-    results: dict[int, list[tuple[float, float]]] = {k: [] for k in args.k}
+    backends, missing = available_backends(args.backends)
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {(b, k): [] for b in backends for k in args.k}
     for rnd in range(1, args.repeats + 1):
-        for k in args.k:
-            rate, wall = run_packed(k, args, cfg)
-            results[k].append((rate, wall))
-            print(f"round {rnd}/{args.repeats} k={k}: {rate:.0f} images/s", file=sys.stderr)
+        for backend in backends:
+            for k in args.k:
+                res = run_packed(k, backend, args, cfg)
+                results[backend, k].append(res)
+                print(f"round {rnd}/{args.repeats} {backend} k={k}: {res['rate']:.0f} images/s, GPU "
+                      f"{res['util']:.0f}%", file=sys.stderr)
 
-    import keras
+    def fmt(value: float, spec: str) -> str:
+        return "n/a" if not math.isfinite(value) else format(value, spec)
 
-    from trainable._backend import configure_process
-
-    configure_process(1)
-    devices = "CPU only"
-    with contextlib.suppress(Exception):
-        if keras.backend.backend() == "tensorflow":
-            import tensorflow as tf
-
-            gpus = tf.config.list_physical_devices("GPU")
-            devices = f"{len(gpus)} GPU(s)" if gpus else devices
-        elif keras.backend.backend() == "jax":
-            import jax
-
-            devices = ", ".join(sorted({d.platform for d in jax.devices()}))
-    base = statistics.median(r for r, _ in results[min(args.k)])
     print(f"# {'synthetic' if not args.data_dir else args.data_dir}: {args.images} train images per loop "
           f"per epoch, {args.epochs} timed epochs after 1 warm-up, batch {cfg['batch_size']}, "
-          f"steps_per_execution {cfg['steps_per_execution']}; {args.threads} thread(s) per loop; "
-          f"Keras {keras.__version__} ({keras.backend.backend()}), devices: {devices}; {machine_line()}; "
-          "rounds interleaved over k")
-    print("| k loops | median aggregate images/s | per loop images/s | x k=" + str(min(args.k))
-          + " | rounds (images/s) |")
-    print("|---------|---------------------------|-------------------|------|-------------------|")
-    for k in args.k:
-        rate = statistics.median(r for r, _ in results[k])
-        print(f"| {k:7d} | {rate:25.0f} | {rate / k:17.0f} | {rate / base:4.2f} | "
-              f"{', '.join(f'{r:.0f}' for r, _ in results[k])} |")
-    return 0 if math.isfinite(base) and base > 0 else 1
+          f"steps_per_execution {cfg['steps_per_execution']}; {args.threads} thread(s) per loop; each of "
+          f"k loops capped at 1/k of the GPU's memory; GPU utilisation: mean of nvidia-smi samples "
+          f"every 0.5 s in the timed window (n/a: no nvidia-smi); {machine_line()}; rounds interleaved")
+    for backend in missing:
+        print(f"# {backend}: not installed, not measured")
+    print("| backend    | k loops | median aggregate images/s | per loop images/s | x k=1 | GPU util % "
+          "| GPU mem MiB | device | rounds (images/s) |")
+    print("|------------|---------|---------------------------|-------------------|-------|------------"
+          "|-------------|--------|-------------------|")
+    ok = bool(backends)
+    for backend in backends:
+        base = statistics.median(r["rate"] for r in results[backend, min(args.k)])
+        ok = ok and math.isfinite(base) and base > 0
+        for k in args.k:
+            runs = results[backend, k]
+            rate = statistics.median(r["rate"] for r in runs)
+            util = statistics.median(r["util"] for r in runs)
+            mem = max(r["mem"] for r in runs)
+            print(f"| {backend:<10} | {k:7d} | {rate:25.0f} | {rate / k:17.0f} | {rate / base:5.2f} | "
+                  f"{fmt(util, '10.0f'):>10} | {fmt(mem, '11.0f'):>11} | {runs[0]['device']} | "
+                  f"{', '.join(format(r['rate'], '.0f') for r in runs)} |")
+    return 0 if ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:

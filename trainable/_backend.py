@@ -198,3 +198,87 @@ def _configure_torch(n: int, gpu_fraction: float) -> None:
     if gpu_fraction and torch.cuda.is_available():
         for device in range(torch.cuda.device_count()):
             torch.cuda.set_per_process_memory_fraction(gpu_fraction, device)
+
+
+# --------------------------------------------------------------------------------------------
+# The training input pipeline: built once per trial, each epoch's order set by the loop
+
+
+class TrainingBatches:
+    """What one trial's single ``fit`` call trains on: ``data`` (passed to ``fit``) yields the
+    ``steps`` batches of one epoch, in the order last given to :meth:`set_order`.
+
+    The images stay ``uint8`` (4x smaller than float32) and are gathered batch by batch, then
+    normalised by ``prepare`` (a function of backend tensors), so no normalised or shuffled copy
+    of the training split is ever made. ``set_order`` must run before each epoch's first batch is
+    drawn (the loop calls it from ``on_epoch_begin``; every backend's fit starts drawing an
+    epoch's batches only after that hook).
+    """
+
+    def __init__(self, data, steps: int, set_order) -> None:
+        self.data, self.steps, self._set_order = data, steps, set_order
+
+    def set_order(self, order) -> None:
+        """Make the next epoch's batches ``order[0:bs]``, ``order[bs:2 bs]``, ... (the last may be short)."""
+        self._set_order(order)
+
+
+def training_batches(x, y, batch_size: int, prepare, first_order) -> TrainingBatches:
+    """The pipeline for ``fit``: TensorFlow: a ``tf.data`` graph gathering from ``uint8`` tensors
+    (built once; the order lives in a variable); other backends: a ``keras.utils.PyDataset`` whose
+    arrays are backend tensors, so on a GPU (JAX: ``jnp.take``) the images live on the device and
+    batches are gathered and normalised there, with nothing copied per step."""
+    import keras
+
+    n = len(y)
+    steps = -(-n // batch_size)
+    if keras.backend.backend() == "tensorflow":
+        return _tf_batches(x, y, batch_size, prepare, first_order, steps)
+    return _device_batches(x, y, batch_size, prepare, first_order, steps)
+
+
+def _tf_batches(x, y, batch_size, prepare, first_order, steps) -> TrainingBatches:
+    import numpy as np
+    import tensorflow as tf
+
+    n = len(y)
+    with tf.device("/CPU:0"):  # tf.data runs on the host; Keras copies each batch to the device
+        x_t, y_t = tf.constant(x), tf.constant(y)
+        order = tf.Variable(np.asarray(first_order, dtype=np.int32), trainable=False)
+
+    def batch(i):
+        start = tf.cast(i, tf.int32) * batch_size
+        idx = order[start:tf.minimum(start + batch_size, n)]
+        return prepare(tf.gather(x_t, idx)), tf.gather(y_t, idx)
+
+    data = tf.data.Dataset.range(steps).map(batch).prefetch(1)
+    return TrainingBatches(data, steps, lambda o: order.assign(np.asarray(o, dtype=np.int32)))
+
+
+def _device_batches(x, y, batch_size, prepare, first_order, steps) -> TrainingBatches:
+    import keras
+
+    ops = keras.ops
+    n = len(y)
+
+    class DeviceBatches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.x, self.y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+            self.order = ops.convert_to_tensor(first_order, dtype="int32")
+
+        def __len__(self) -> int:
+            return steps
+
+        def __getitem__(self, i: int):
+            if not 0 <= i < steps:
+                raise IndexError(i)
+            idx = self.order[i * batch_size:min((i + 1) * batch_size, n)]
+            return prepare(ops.take(self.x, idx, axis=0)), ops.take(self.y, idx, axis=0)
+
+    batches = DeviceBatches()
+
+    def set_order(order) -> None:
+        batches.order = ops.convert_to_tensor(order, dtype="int32")  # one copy per epoch, not per step
+
+    return TrainingBatches(batches, steps, set_order)

@@ -1,4 +1,4 @@
-"""The Ray Tune function trainable: trains the CNN epoch by epoch and reports every epoch.
+"""The Ray Tune function trainable: trains the CNN in one ``fit`` call and reports every epoch.
 
 Trial config keys: see ``DEFAULTS`` (every key optional; the sweep config derives its own
 training defaults from it).
@@ -8,9 +8,14 @@ always after the last one, the report carries a checkpoint (model and optimizer 
 epoch and the running bests; the last one also the whole model as ``model.keras``), so a retried
 or resumed trial continues from the last checkpoint.
 
+The input pipeline is built once per trial (``uint8`` images, gathered and normalised batch by
+batch; on a GPU, on the device) and each epoch's order is a function of (seed, epoch) alone, so a
+resumed trial sees exactly the batches of an uninterrupted one. The per-epoch work below runs in
+an epoch-end Keras callback.
+
 Overfitting is measured in inference mode: at each epoch end the model is evaluated on a fixed
-sample of the training split as large as the validation split (``train_eval_*``; the same
-images in every epoch and every trial), and ``generalization_gap`` = train_eval_accuracy -
+sample of ``train_eval_size`` training images (``train_eval_*``; the same images in every epoch
+and every trial), and ``generalization_gap`` = train_eval_accuracy -
 val_accuracy. ``train_loss``/``train_accuracy`` stay the running averages of the fit, which mix
 weights from the whole epoch and include dropout.
 
@@ -24,6 +29,7 @@ plain ``report`` function); ``train_cnn`` is its Ray Tune wrapper.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import numbers
@@ -37,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from trainable import _backend  # noqa: F401  (quiet TensorFlow start-up: before any keras import)
-from trainable.dataset import Dataset, normalize
+from trainable.dataset import NORMALIZATIONS, Dataset
 
 DEFAULTS: dict[str, Any] = {
     # Activation of both conv layers; one of trainable.model.ACTIVATIONS.
@@ -74,6 +80,12 @@ DEFAULTS: dict[str, Any] = {
     # larger than the training batch: 2000 evaluated 5,000 images 20% faster than 250 on 2 CPUs,
     # and large batches keep a GPU busy.
     "eval_batch_size": 2000,
+    # Images of the fixed training sample evaluated in inference mode each epoch (train_eval_*,
+    # generalization_gap); the whole training split if smaller. 1,000 instead of the validation
+    # split's size (5,000 in default.yaml, where that evaluation was ~30% of an epoch): the
+    # binomial sd of train_eval_accuracy is then ~1.4 points at 70% accuracy against gaps of
+    # 10-15 points (README.md, "The trainable").
+    "train_eval_size": 1000,
     # Save a checkpoint every this many epochs, and always after the last one. A retried trial
     # repeats at most checkpoint_every - 1 epochs. A checkpoint (one .npz of the variables)
     # adds ~8 ms to a report in Tune: 0.3% of a 5,000-image epoch on 2 CPUs at 1
@@ -96,7 +108,8 @@ TRAIN_EVAL_SEED = 20_170_608
 
 Report = Callable[[dict[str, float], "str | None"], None]
 
-_POSITIVE_INTS = ("epochs", "batch_size", "steps_per_execution", "eval_batch_size", "checkpoint_every")
+_POSITIVE_INTS = ("epochs", "batch_size", "steps_per_execution", "eval_batch_size", "checkpoint_every",
+                  "train_eval_size")
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -212,110 +225,170 @@ def evaluate(model: Any, x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple
     return loss / len(y), correct / len(y)
 
 
+def normalizer(method: str, mean: np.ndarray | None = None, std: np.ndarray | None = None):
+    """``trainable.dataset.normalize`` as a function of backend tensors (``keras.ops``), so that
+    ``uint8`` images are normalised where they live (on a GPU: on the device), batch by batch.
+    The same float32 operations in the same order: the same numbers as ``normalize`` (exactly on
+    TensorFlow; XLA may turn the division into a multiplication by 1/255, 1 ulp off)."""
+    import keras
+
+    ops = keras.ops
+    if method == "scale":
+        return lambda x: ops.divide(ops.cast(x, "float32"), np.float32(255.0))
+    if method == "standardize":
+        if mean is None or std is None:
+            raise ValueError("standardize needs the training split's channel mean and std")
+        m, s = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+        return lambda x: ops.divide(ops.subtract(ops.cast(x, "float32"), m), s)
+    raise ValueError(f"unknown normalization {method!r}; use one of {NORMALIZATIONS}")
+
+
+_frozen = False
+
+
+def _freeze_imports() -> None:
+    """``gc.freeze()`` once per process, after the heavy imports: the ~357k objects of the
+    TensorFlow/Ray imports then never take part in a collection again, so ``clear_session``'s
+    ``gc.collect()`` costs 13-49 ms instead of 0.2 s CPU (0.6 s wall) per trial (issue 15).
+    Only once: a later freeze would also pin the previous trial's garbage in a reused actor."""
+    global _frozen
+    if not _frozen:
+        gc.freeze()
+        _frozen = True
+
+
 def train_loop(config: dict[str, Any], data: Dataset, report: Report, *, restore_dir: str | None = None,
                callbacks: Sequence[Any] = ()) -> None:
     """Train the CNN ``config`` describes on ``data``, calling ``report(metrics, checkpoint_dir)``
     after every epoch (``checkpoint_dir`` is ``None`` between checkpoints and is only valid
     during the call). ``restore_dir`` continues from a checkpoint written by this loop.
 
+    One ``model.fit(epochs=..., initial_epoch=...)`` call per trial over an input pipeline built
+    once (``trainable._backend.training_batches``); each epoch's order is set at its start from
+    :func:`epoch_order`, so a resumed trial sees exactly the batches of an uninterrupted one. The
+    per-epoch work (evaluation, bests, divergence, checkpoint, report) runs in an epoch-end
+    callback; a diverged epoch stops the fit there.
+
     Call ``trainable._backend.configure_process`` first in a fresh process. ``callbacks`` are
-    extra Keras callbacks for every ``fit`` call (they see the trial's true epoch index).
+    extra Keras callbacks for the ``fit`` call (they see the trial's true epoch index; their
+    ``on_epoch_end`` runs before the epoch is evaluated and reported).
     """
     cfg = check_config(config)
     import keras
 
+    from trainable._backend import training_batches
     from trainable.model import build_model
 
+    _freeze_imports()
+    ops = keras.ops
     seed = int(cfg["seed"])
     limit = float(cfg["divergence_loss"])
     epochs = int(cfg["epochs"])
-    batch_size = int(cfg["batch_size"])
     eval_bs = int(cfg["eval_batch_size"])
     every = int(cfg["checkpoint_every"])
+    prepare = normalizer(cfg["normalization"], data.channel_mean, data.channel_std)
 
-    def prep(x):
-        return normalize(x, cfg["normalization"], data.channel_mean, data.channel_std)
+    def on_device(x):  # evaluation arrays: normalised once per trial, where the model runs
+        return prepare(ops.convert_to_tensor(x))
 
-    x_train, y_train = prep(data.x_train), data.y_train
+    n_train = len(data.y_train)
     if cfg["validate_on"] == "test":
-        x_val, y_val = prep(data.x_test), data.y_test
+        x_val, y_val = data.x_test, data.y_test
     else:
         if len(data.y_val) == 0:
             raise ValueError("validate_on='val' needs a validation split (val_size > 0)")
-        x_val, y_val = prep(data.x_val), data.y_val
-    x_test = prep(data.x_test) if cfg["evaluate_test"] and cfg["validate_on"] != "test" else None
-    sample = train_eval_indices(len(y_train), len(y_val))
-    x_sample, y_sample = x_train[sample], y_train[sample]
+        x_val, y_val = data.x_val, data.y_val
+    sample = train_eval_indices(n_train, int(cfg["train_eval_size"]))
+    x_sample, y_sample = on_device(data.x_train[sample]), data.y_train[sample]
+    x_val = on_device(x_val)
+    measure_test = cfg["evaluate_test"] and cfg["validate_on"] != "test"
+    x_test = on_device(data.x_test) if measure_test else None
 
     # Keras's global state (layer-name counters, the backend's graph caches) would otherwise grow
     # with every trial that a reused Tune actor runs; the numbers do not depend on it.
     keras.backend.clear_session()
     keras.utils.set_random_seed(seed)
     model = build_model(cfg["activation"], cfg["kernel_initializer"], float(cfg["dropout"]), seed=seed)
+    # jit_compile stays "auto": Keras turns XLA off on a CPU-only TensorFlow (6x slower there,
+    # issue 15) and on where a GPU is visible; JAX always compiles.
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=float(cfg["lr"])),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"],
                   steps_per_execution=int(cfg["steps_per_execution"]))
     state = initial_state()
     if restore_dir is not None:
         state.update(load_checkpoint(restore_dir, model))
+    first = int(state["epoch"])
+    if first >= epochs:
+        return
+    batches = training_batches(data.x_train, data.y_train, int(cfg["batch_size"]), prepare,
+                               epoch_order(seed, first, n_train))
 
-    shuffled = np.empty_like(x_train)
-    for epoch in range(int(state["epoch"]), epochs):
-        t0 = time.perf_counter()
-        # Re-seeded per epoch: a resumed trial sees exactly the batches an uninterrupted one would.
-        order = epoch_order(seed, epoch, len(y_train))
-        np.take(x_train, order, axis=0, out=shuffled)
-        random.seed(seed * 100_003 + epoch)  # global generators, for callbacks that draw from them
-        np.random.seed((seed * 100_003 + epoch) % 2**32)
-        hist = model.fit(shuffled, y_train[order], batch_size=batch_size, epochs=epoch + 1,
-                         initial_epoch=epoch, shuffle=False, verbose=0, callbacks=list(callbacks))
-        train_seconds = time.perf_counter() - t0
-        train_loss = float(hist.history["loss"][-1])
-        train_acc = float(hist.history["accuracy"][-1])
-        train_eval_loss, train_eval_acc = evaluate(model, x_sample, y_sample, eval_bs)
-        val_loss, val_acc = evaluate(model, x_val, y_val, eval_bs)
-        diverged = _diverged(train_loss, limit) or not math.isfinite(val_loss)
-        final = epoch + 1 == epochs
-        # The test set is measured once, at the trial's last epoch: that is the number compared,
-        # and the per-epoch curves then hold nothing that selection could peek at (it also
-        # saves an evaluation of the test split per epoch: 2.6 s of a 10.5 s epoch in default.yaml).
-        test = None  # (loss, accuracy) on the test split, when measured this epoch
-        if x_test is not None and (final or diverged):
-            test = evaluate(model, x_test, data.y_test, eval_bs)
-        elif cfg["validate_on"] == "test":
-            test = val_loss, val_acc
+    class EpochStart(keras.callbacks.Callback):
+        """First in the list: sets the epoch's order and seeds before any other callback runs."""
 
-        done = float(epoch + 1)
-        update_bests(state, done, val_acc, val_loss)
-        metrics = {
-            "epoch": done,
-            "train_loss": train_loss,
-            "train_accuracy": train_acc,
-            "train_eval_loss": train_eval_loss,
-            "train_eval_accuracy": train_eval_acc,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "generalization_gap": train_eval_acc - val_acc,
-            "epoch_seconds": time.perf_counter() - t0,
-            "images_per_second": len(y_train) / train_seconds,
-            "best_val_accuracy": float(state["best_val_accuracy"]),
-            "best_epoch": float(state["best_epoch"]),
-            "min_val_loss": float(state["min_val_loss"]),
-            "min_val_loss_epoch": float(state["min_val_loss_epoch"]),
-            "target_epochs": float(epochs),
-            "diverged": float(diverged),
-        }
-        if test is not None:
-            metrics.update(test_loss=test[0], test_accuracy=test[1])
-        if diverged:
-            report(metrics, None)  # no checkpoint of exploded weights; the trial ends here
-            return
-        if (epoch + 1) % every and not final:
-            report(metrics, None)
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            save_checkpoint(model, state, tmp, full_model=final)
-            report(metrics, tmp)
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t0 = time.perf_counter()
+            # Re-seeded per epoch: a resumed trial sees exactly the batches an uninterrupted one would.
+            batches.set_order(epoch_order(seed, epoch, n_train))
+            random.seed(seed * 100_003 + epoch)  # global generators, for callbacks that draw from them
+            np.random.seed((seed * 100_003 + epoch) % 2**32)
+
+    class EpochEnd(keras.callbacks.Callback):
+        """Last in the list: evaluates, folds the bests, checks divergence, checkpoints, reports."""
+
+        def on_epoch_end(self, epoch, logs=None):
+            train_seconds = time.perf_counter() - start.t0
+            logs = logs or {}
+            train_loss = float(logs.get("loss", math.nan))
+            train_acc = float(logs.get("accuracy", math.nan))
+            train_eval_loss, train_eval_acc = evaluate(self.model, x_sample, y_sample, eval_bs)
+            val_loss, val_acc = evaluate(self.model, x_val, y_val, eval_bs)
+            diverged = _diverged(train_loss, limit) or not math.isfinite(val_loss)
+            final = epoch + 1 == epochs
+            # The test set is measured once, at the trial's last epoch: that is the number compared,
+            # and the per-epoch curves then hold nothing that selection could peek at (it also
+            # saves an evaluation of the test split per epoch: 2.6 s of a 10.5 s epoch in default.yaml).
+            test = None  # (loss, accuracy) on the test split, when measured this epoch
+            if x_test is not None and (final or diverged):
+                test = evaluate(self.model, x_test, data.y_test, eval_bs)
+            elif cfg["validate_on"] == "test":
+                test = val_loss, val_acc
+
+            done = float(epoch + 1)
+            update_bests(state, done, val_acc, val_loss)
+            metrics = {
+                "epoch": done,
+                "train_loss": train_loss,
+                "train_accuracy": train_acc,
+                "train_eval_loss": train_eval_loss,
+                "train_eval_accuracy": train_eval_acc,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+                "generalization_gap": train_eval_acc - val_acc,
+                "epoch_seconds": time.perf_counter() - start.t0,
+                "images_per_second": n_train / train_seconds,
+                "best_val_accuracy": float(state["best_val_accuracy"]),
+                "best_epoch": float(state["best_epoch"]),
+                "min_val_loss": float(state["min_val_loss"]),
+                "min_val_loss_epoch": float(state["min_val_loss_epoch"]),
+                "target_epochs": float(epochs),
+                "diverged": float(diverged),
+            }
+            if test is not None:
+                metrics.update(test_loss=test[0], test_accuracy=test[1])
+            if diverged:
+                self.model.stop_training = True  # the fit ends after this epoch
+                report(metrics, None)  # no checkpoint of exploded weights; the trial ends here
+            elif (epoch + 1) % every and not final:
+                report(metrics, None)
+            else:
+                with tempfile.TemporaryDirectory() as tmp:
+                    save_checkpoint(self.model, state, tmp, full_model=final)
+                    report(metrics, tmp)
+
+    start = EpochStart()
+    model.fit(batches.data, epochs=epochs, initial_epoch=first, shuffle=False, verbose=0,
+              callbacks=[start, *callbacks, EpochEnd()])
 
 
 def _trial_resources() -> tuple[int, float]:
@@ -337,7 +410,7 @@ def train_cnn(config: dict[str, Any], data: Dataset | dict[int, Dataset],
     trains on ``data[config["split_seed"]]``.
 
     Threads and the GPU memory cap follow the trial's resources (``cpu``, fractional ``gpu``).
-    ``callbacks`` are extra Keras callbacks passed to every ``fit`` call (they see the trial's
+    ``callbacks`` are extra Keras callbacks passed to the trial's ``fit`` call (they see the trial's
     true epoch index, also after a restore).
     """
     check_config(config)  # a bad config fails before the backend starts

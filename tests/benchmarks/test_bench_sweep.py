@@ -60,14 +60,21 @@ def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopp
     assert match and 0 < float(match.group(1)) <= 1
 
 
-def test_gpu_packing_smoke_runs_on_cpu_with_one_and_two_loops():
+def test_gpu_packing_smoke_runs_on_cpu_with_one_and_two_loops_per_backend():
+    import importlib.util
+
     out = _run("gpu-packing", "--smoke-test")
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = {int(r[0]): r for r in (line for line in _cells(out.stdout, "")) if r[0].isdigit()}
-    assert sorted(rows) == [1, 2], out.stdout
+    rows = {(r[0], int(r[1])): r for r in _cells(out.stdout, "") if len(r) > 2 and r[1].isdigit()}
+    backends = [b for b in ("jax", "tensorflow") if importlib.util.find_spec(b) is not None]
+    assert sorted(rows) == sorted((b, k) for b in backends for k in (1, 2)), out.stdout
     for row in rows.values():
-        _positive(row[1]), _positive(row[2]), _positive(row[3])
-    assert float(rows[1][3]) == 1.0
+        _positive(row[2]), _positive(row[3]), _positive(row[4])
+        assert row[5] == "n/a" or 0 <= float(row[5]) <= 100  # no nvidia-smi on a CPU machine
+    for backend in backends:
+        assert float(rows[backend, 1][4]) == 1.0
+    for backend in {"jax", "tensorflow"} - set(backends):
+        assert f"# {backend}: not installed, not measured" in out.stdout
 
 
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
@@ -81,6 +88,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
                           (["gpu-packing", "--k", "1,x"], "--k '1,x'"),
                           (["gpu-packing", "--k", "0"], "every count must be >= 1"),
                           (["gpu-packing", "--set", "nope=1"], "--set 'nope=1'"),
+                          (["gpu-packing", "--backends", "mxnet"], "--backends ['mxnet']"),
                           (["overhead", "--data-dir", str(tmp_path / "missing")], "no such file")]:
         assert bench_sweep.main(args) == 2, args
         out = capsys.readouterr()

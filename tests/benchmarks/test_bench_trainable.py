@@ -23,6 +23,7 @@ def test_smoke_run_prints_both_tables_and_a_finite_positive_ratio():
     out = _run("--smoke-test", "--threads", "1")
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("| A plain keras fit") == 1 and out.stdout.count("| B trainable loop") == 1
+    assert "# both arms: steps_per_execution=8;" in out.stdout  # the baseline is not handicapped
     match = re.search(r"median ratio B/A \(images/s\): ([-+0-9.a-z]+)", out.stdout)
     assert match, out.stdout
     ratio = float(match.group(1))

@@ -73,3 +73,45 @@ def test_importing_the_trainable_then_configuring_prints_no_tensorflow_start_up_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     assert "oneDNN" not in out.stderr and "absl::InitializeLog" not in out.stderr, out.stderr
+
+
+def _batches_as_numpy(batches):
+    import keras
+
+    data = batches.data
+    items = [data[i] for i in range(len(data))] if isinstance(data, keras.utils.PyDataset) else list(data)
+    return [(keras.ops.convert_to_numpy(x), keras.ops.convert_to_numpy(y)) for x, y in items]
+
+
+def test_training_batches_follow_each_epochs_order_and_normalise_uint8_like_the_dataset():
+    # The single-fit pipeline: built once, each epoch's batches are order[0:bs], order[bs:2bs], ...
+    # of the uint8 images, normalised per batch to exactly what trainable.dataset.normalize gives.
+    import numpy as np
+
+    from trainable._backend import training_batches
+    from trainable.dataset import normalize
+    from trainable.train import epoch_order, normalizer
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(23, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, size=23)
+    mean, std = np.array([120.0, 110.0, 100.0], np.float32), np.array([60.0, 61.0, 62.0], np.float32)
+    for method in ("scale", "standardize"):
+        batches = training_batches(x, y, 10, normalizer(method, mean, std), epoch_order(1, 0, 23))
+        assert batches.steps == 3
+        for epoch in (0, 1, 0):
+            order = epoch_order(1, epoch, 23)
+            batches.set_order(order)
+            got = _batches_as_numpy(batches)
+            assert [len(b[1]) for b in got] == [10, 10, 3]
+            want = normalize(x[order], method, mean, std)
+            # Exact on TensorFlow; XLA (JAX) may divide by multiplying with 1/255: 1 float32 ulp.
+            np.testing.assert_allclose(np.concatenate([b[0] for b in got]), want, rtol=2.5e-7, atol=0)
+            np.testing.assert_array_equal(np.concatenate([b[1] for b in got]), y[order])
+
+
+def test_an_unknown_normalization_is_refused_by_name():
+    from trainable.train import normalizer
+
+    with pytest.raises(ValueError, match="unknown normalization 'zca'"):
+        normalizer("zca")
