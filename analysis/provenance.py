@@ -152,7 +152,7 @@ def sweep_settings(meta: dict | None) -> dict[str, dict[str, Any]]:
     out = {}
     for name, m in (meta or {}).items():
         out[name] = {"replicates": _get(m, "config", "search", "replicates"),
-                     "trials_per_arm": _get(m, "config", "search", "num_samples"),
+                     "trials_per_cell": _get(m, "config", "search", "num_samples"),
                      "search_mode": _get(m, "config", "search", "mode"),
                      "confirm_seeds": _get(m, "config", "confirm", "seeds"),
                      "equivalence_margin": _get(m, "config", "analysis", "equivalence_margin")}

@@ -164,7 +164,7 @@ def _data_table(report: Report) -> pd.DataFrame:
         rows.append({"experiment": name, "source": v["source"], "official CIFAR-10": v["official"],
                      "train": v["train"], "val": v["val"], "test": v["test"],
                      "digest": (str(v["digest"])[:16] if v["digest"] else None),
-                     "replicates (planned)": s.get("replicates"), "trials per arm": s.get("trials_per_arm"),
+                     "replicates (planned)": s.get("replicates"), "trials per cell": s.get("trials_per_cell"),
                      "seeds (planned)": s.get("confirm_seeds")})
     return pd.DataFrame(rows)
 

@@ -10,9 +10,11 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
   default), B ``TuneConfig(reuse_actors=True)``, interleaved A B A B. Trial k has seed k in both
   arms, so a reused actor that leaked Keras state into the next trial would change its metrics:
   the last column compares each B trial's val_accuracy with the same seed's A trial.
-* ``asha``: the same seeded search (``sweeps.runner.run_sweep``, search stage only) with early
-  stopping off and on. Epochs trained and each arm's best final val_accuracy among finished trials
-  (what the sweep confirms); target: within 1 point using <= 40% of the epochs.
+* ``asha``: the same seeded search (``sweeps.runner.run_sweep``, search stage only, default.yaml's
+  design: trial i has the same lr and seed in every arm and in both runs) with early stopping off
+  and on. Epochs trained, trials stopped early, and each arm's best val_accuracy (at its best
+  epoch) among finished trials with the (lr, epochs) it chose: what the sweep confirms. Target:
+  within 1 point in both arms using <= 40% of the epochs.
 * ``gpu-packing``: k = 1, 2, 4, 8 training loops (``trainable.train.train_loop``, plain Keras 3, no
   Ray) in k processes sharing one GPU (each capped at 1/k of its memory, as a sweep with
   ``gpus_per_trial: 1/k`` does), on synthetic full-size data (45,000 images), under
@@ -21,7 +23,7 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
   (about 5 minutes on one GPU at the defaults); ``--smoke-test`` runs it tiny on the CPU.
 
     python benchmarks/bench_sweep.py overhead [--trials 20] [--pairs 2] [--epochs 1] [--images 5000]
-    python benchmarks/bench_sweep.py asha [--data-dir DIR] [--num-samples 6] [--images 2000]
+    python benchmarks/bench_sweep.py asha [--data-dir DIR] [--num-samples T] [--max-epochs E] [--images 2000]
     python benchmarks/bench_sweep.py gpu-packing [--k 1,2,4,8] [--backends jax,tensorflow] [--images 45000]
     python benchmarks/bench_sweep.py {overhead,asha,gpu-packing} --smoke-test
 """
@@ -48,7 +50,7 @@ from bench_trainable import Clock, UsageError, load_data, trial_config  # noqa: 
 
 SMOKE: dict[str, dict[str, Any]] = {
     "overhead": {"trials": 4, "pairs": 1, "epochs": 1, "images": 200, "val": 100},
-    "asha": {"num_samples": 3, "images": 300, "val": 100, "epochs_low": 1, "epochs_high": 4, "grace": 1},
+    "asha": {"num_samples": 3, "images": 300, "val": 100, "max_epochs": 4, "grace": 1},
     "gpu-packing": {"k": "1,2", "images": 200, "val": 100, "epochs": 1, "repeats": 1},
 }
 DUTY_TARGET_TRIAL_S = 15.0
@@ -70,11 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     o.add_argument("--concurrency", type=int, default=2, help="trials at once, 1 CPU each (default 2)")
 
     a = sub.add_parser("asha", parents=[common], help="epochs and best val acc with and without ASHA")
-    a.add_argument("--num-samples", type=int, default=6, help="trials per arm (default 6)")
+    a.add_argument("--num-samples", type=int, help="trials per arm (default: default.yaml's)")
     a.add_argument("--images", type=int, default=2000, help="training images (default 2000)")
-    a.add_argument("--epochs-low", type=int, default=3, help="search space epochs low (default 3)")
-    a.add_argument("--epochs-high", type=int, default=27, help="search space epochs high (default 27)")
-    a.add_argument("--grace", type=int, default=3, help="ASHA grace period (default 3)")
+    a.add_argument("--max-epochs", type=int, help="search.max_epochs (default: default.yaml's)")
+    a.add_argument("--grace", type=int, help="ASHA grace period (default: default.yaml's)")
     a.add_argument("--seed", type=int, default=0, help="search.seed (default 0)")
     a.add_argument("--concurrency", type=int, default=2, help="CPUs for Ray, 1 per trial (default 2)")
 
@@ -97,13 +98,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         for key, value in SMOKE[args.bench].items():
             setattr(args, key, value)
     positive = {"overhead": ("trials", "pairs", "epochs", "images", "val", "concurrency"),
-                "asha": ("num_samples", "images", "val", "epochs_low", "grace", "concurrency"),
+                "asha": ("num_samples", "images", "val", "max_epochs", "grace", "concurrency"),
                 "gpu-packing": ("images", "val", "epochs", "repeats", "threads")}[args.bench]
     for key in positive:
-        if getattr(args, key) < 1:
+        if getattr(args, key) is not None and getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
-    if args.bench == "asha" and args.epochs_high <= args.epochs_low:
-        raise UsageError(f"--epochs-high must be > --epochs-low, got {args.epochs_high} <= {args.epochs_low}")
     if args.bench == "gpu-packing":
         try:
             args.k = [int(v) for v in str(args.k).split(",")]
@@ -239,11 +238,13 @@ def overhead(args: argparse.Namespace) -> int:
 def asha_config(args: argparse.Namespace, storage: str, early_stopping: bool):
     from sweeps.config import DEFAULT_CONFIG, ConfigError, parse_config, read_yaml
 
-    sets = ["search.replicates=1", f"search.num_samples={args.num_samples}", f"search.seed={args.seed}",
-            f"search.space.epochs.low={args.epochs_low}", f"search.space.epochs.high={args.epochs_high}",
-            f"search.early_stopping.enabled={str(early_stopping).lower()}",
-            f"search.early_stopping.grace_period={args.grace}", "confirm.enabled=false",
+    sets = ["search.replicates=1", f"search.seed={args.seed}",
+            f"search.early_stopping.enabled={str(early_stopping).lower()}", "confirm.enabled=false",
             f"data.val_size={args.val}", "resources.cpus_per_trial=1"]
+    for key, value in (("search.num_samples", args.num_samples), ("search.max_epochs", args.max_epochs),
+                       ("search.early_stopping.grace_period", args.grace)):
+        if value is not None:  # else default.yaml's value
+            sets.append(f"{key}={value}")
     if args.data_dir:
         sets += [f"data.train_subset={args.images}"]
         flags = {"data.data_dir": args.data_dir}
@@ -259,17 +260,23 @@ def asha_config(args: argparse.Namespace, storage: str, early_stopping: bool):
 
 
 def search_summary(path: str) -> dict[str, Any]:
-    """Epochs trained, trials stopped early and each arm's best final val_accuracy (finished trials)."""
+    """Epochs trained, trials stopped early, and per arm the best val_accuracy (at its best epoch)
+    among finished trials with the (lr, epochs) it stands for: what the sweep would confirm."""
     from analysis.load import load_results
 
     res = load_results([path])
     epochs = res.epochs[res.epochs["stage"] == "search"]
     trials = res.trials[res.trials["stage"] == "search"]
     last = epochs.sort_values("epoch").groupby("trial_id").tail(1).set_index("trial_id")
-    finished = trials[trials["status"] == "finished"]["trial_id"]
-    best = last.loc[last.index.isin(finished)].groupby("arm")["val_accuracy"].max()
+    finished = last.loc[last.index.isin(trials[trials["status"] == "finished"]["trial_id"])]
+    lr = trials.set_index("trial_id")["lr"]
+    best, chosen = {}, {}
+    for arm, rows in finished.groupby("arm"):
+        top = rows.sort_values(["best_val_accuracy", "best_epoch"], ascending=[False, True]).iloc[0]
+        best[arm] = float(top["best_val_accuracy"])
+        chosen[arm] = (float(lr[top.name]), int(top["best_epoch"]))
     return {"epochs": int(len(epochs)), "trials": int(len(trials)),
-            "stopped": int((trials["status"] == "stopped_early").sum()), "best": best.to_dict()}
+            "stopped": int((trials["status"] == "stopped_early").sum()), "best": best, "chosen": chosen}
 
 
 def asha(args: argparse.Namespace) -> int:
@@ -278,7 +285,7 @@ def asha(args: argparse.Namespace) -> int:
     from sweeps.runner import run_sweep
     from trainable.cifar10 import DataError
 
-    asha_config(args, "results", True)  # bad input fails here, before Ray starts
+    cfg = asha_config(args, "results", True)  # bad input fails here, before Ray starts
     ray = start_local_ray(args.concurrency)
     rows = []
     try:
@@ -298,23 +305,29 @@ def asha(args: argparse.Namespace) -> int:
 
     base = rows[0][2]
     arms = sorted(base["best"])
+    s, es = cfg.search, cfg.search.early_stopping
     print(f"# {dataset.source}: {len(dataset.y_train)} train / {len(dataset.y_val)} val images; "
-          f"default.yaml search, 1 replicate, {args.num_samples} trials per arm, epochs "
-          f"{args.epochs_low}-{args.epochs_high}, search.seed {args.seed}, ASHA grace {args.grace} "
-          f"reduction 3; {args.concurrency} trials at once; {machine_line()}")
+          f"default.yaml search (lr from the shared Sobol design, objective {s.objective}), 1 replicate, "
+          f"{s.num_samples} trials per arm toward {s.max_epochs} epochs, search.seed {s.seed}, ASHA grace "
+          f"{es.grace_period} reduction {es.reduction_factor}; {args.concurrency} trials at once; "
+          f"{machine_line()}")
     print("| run                | wall s | trials | stopped early | epochs trained | epochs vs off | "
-          + " | ".join(f"best final val_acc {a}" for a in arms) + " | " + " | ".join(f"diff {a} (points)"
-                                                                              for a in arms) + " |")
+          + " | ".join(f"best val_acc {a}" for a in arms) + " | "
+          + " | ".join(f"diff {a} (points)" for a in arms) + " | "
+          + " | ".join(f"chosen {a} (lr, epochs)" for a in arms) + " |")
     print("|--------------------|--------|--------|---------------|----------------|---------------|"
-          + "|".join("-" * (22 + len(a)) for a in arms) + "|"
-          + "|".join("-" * (17 + len(a)) for a in arms) + "|")
-    for name, wall, s in rows:
-        ratio = s["epochs"] / base["epochs"]
-        best = " | ".join(f"{s['best'].get(a, math.nan):{20 + len(a)}.4f}" for a in arms)
-        diff = " | ".join(f"{100 * (s['best'].get(a, math.nan) - base['best'][a]):{15 + len(a)}.2f}"
+          + "|".join("-" * (16 + len(a)) for a in arms) + "|"
+          + "|".join("-" * (17 + len(a)) for a in arms) + "|"
+          + "|".join("-" * (24 + len(a)) for a in arms) + "|")
+    for name, wall, r in rows:
+        ratio = r["epochs"] / base["epochs"]
+        best = " | ".join(f"{r['best'].get(a, math.nan):{14 + len(a)}.4f}" for a in arms)
+        diff = " | ".join(f"{100 * (r['best'].get(a, math.nan) - base['best'][a]):{15 + len(a)}.2f}"
                           for a in arms)
-        print(f"| {name:<18} | {wall:6.1f} | {s['trials']:6d} | {s['stopped']:13d} | {s['epochs']:14d} | "
-              f"{ratio:13.2f} | {best} | {diff} |")
+        picks = {a: "{:.3g}, {}".format(*r["chosen"][a]) if a in r["chosen"] else "-" for a in arms}
+        chosen = " | ".join(f"{picks[a]:>{22 + len(a)}}" for a in arms)
+        print(f"| {name:<18} | {wall:6.1f} | {r['trials']:6d} | {r['stopped']:13d} | {r['epochs']:14d} | "
+              f"{ratio:13.2f} | {best} | {diff} | {chosen} |")
     on = rows[1][2]
     ratio = on["epochs"] / base["epochs"]
     worst = min(100 * (on["best"].get(a, math.nan) - base["best"][a]) for a in arms)

@@ -32,7 +32,7 @@ from trainable.train import DEFAULTS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
-SEARCHABLE = ("lr", "epochs", "batch_size", "dropout")
+SEARCHABLE = ("lr", "batch_size", "dropout")
 SEED_LIMIT = 2**31          # seeds are 0 <= s < 2**31: safe for numpy, TF, JAX and Optuna
 MAX_NAME = 100              # names become path components and study names
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -198,6 +198,9 @@ def _parse_space(raw: Any, key: str) -> tuple[ParamSpec, ...]:
     specs = []
     for name, spec in sorted(raw.items(), key=lambda kv: str(kv[0])):
         k = f"{key}.{name}"
+        if name == "epochs":
+            raise ConfigError(f"{k}: epochs are not searched: every trial trains toward search.max_epochs "
+                              f"and its epochs are read off its validation curve; set search.max_epochs")
         if name not in SEARCHABLE:
             raise _unknown(k, SEARCHABLE)
         if not isinstance(spec, dict):
@@ -227,7 +230,7 @@ def _parse_space(raw: Any, key: str) -> tuple[ParamSpec, ...]:
 class EarlyStoppingConfig(_Section):
     KEY: ClassVar[str] = "search.early_stopping"
     enabled: bool = True
-    grace_period: int = 3
+    grace_period: int = 1             # epochs before ASHA may stop a trial (benchmarks/README.md, ASHA)
     reduction_factor: int = 3
 
     def __post_init__(self):
@@ -240,12 +243,13 @@ class SearchConfig(_Section):
     KEY: ClassVar[str] = "search"
     enabled: bool = True
     mode: str = "stratified"
-    num_samples: int = 8
+    num_samples: int = 8              # trials per cell (an arm x a replicate; a replicate when joint)
     replicates: int = 1               # independent repeats of each arm's tuning: the verdict's unit
     seed: int = 0
-    objective: str = "final"
-    n_startup_trials: int | None = None  # TPE's random start-up trials; null = sized to num_samples
-    reference_point: bool = True      # seed each study with the original config (lr 1e-3, 50 epochs)
+    objective: str = "best"           # best: a trial's best val accuracy over its epochs | final: the last
+    max_epochs: int = 30              # every search trial trains toward this; ASHA may stop it sooner
+    n_startup_trials: int | None = None  # trials per cell from the shared QMC design before TPE; null = all
+    reference_point: bool = False     # joint mode only: start each study at the original lr 1e-3
     optuna_storage: str | None = None
     space: tuple[ParamSpec, ...] = field(default=(), metadata={"parse": _parse_space})
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
@@ -255,8 +259,12 @@ class SearchConfig(_Section):
         _one_of("search.objective", self.objective, ("final", "best"))
         _seed("search.seed", self.seed)
         _at_least("search.replicates", self.replicates, 1)
+        _at_least("search.max_epochs", self.max_epochs, 1)
         if self.n_startup_trials is not None:
             _at_least("search.n_startup_trials", self.n_startup_trials, 0)
+        if self.reference_point and self.mode == "stratified":
+            raise ConfigError("search.reference_point: the stratified search has no privileged trial (every "
+                              "candidate comes from the shared design); set it false, or use mode joint")
         if self.enabled:
             _at_least("search.num_samples", self.num_samples, 1)
             if not self.space:
@@ -269,10 +277,11 @@ class SearchConfig(_Section):
 
     @property
     def startup_trials(self) -> int:
-        """TPE's random start-up trials: a third of each study's budget, 2 to 10 (Optuna's default)."""
-        if self.n_startup_trials is not None:
-            return self.n_startup_trials
-        return max(2, min(10, self.num_samples // 3))
+        """Trials per cell drawn from the shared quasi-random design before TPE takes over:
+        ``n_startup_trials`` (at most ``num_samples``), or all of them when it is null."""
+        if self.n_startup_trials is None:
+            return self.num_samples
+        return min(self.n_startup_trials, self.num_samples)
 
 
 @dataclass(frozen=True)
@@ -519,11 +528,8 @@ class SweepConfig(_Section):
         return next(a for a in self.arms if a.name == name)
 
     def max_epochs(self) -> int:
-        """The most epochs a trial may train: the top of the searched range, else ``train.epochs``."""
-        spec = next((p for p in self.search.space if p.name == "epochs"), None)
-        if spec is None or not self.search.enabled:
-            return self.train.epochs
-        return int(spec.high if spec.choices is None else max(spec.choices))
+        """The most epochs a trial may train: ``search.max_epochs`` in a search, else ``train.epochs``."""
+        return self.search.max_epochs if self.search.enabled else self.train.epochs
 
     def base_trial_config(self) -> dict[str, Any]:
         """Trial-config values shared by every trial of the sweep."""

@@ -28,7 +28,7 @@ from sweeps.prepare import (
     validate,
 )
 from sweeps.ray_session import quiet_logs, start_ray, wait_for_resources
-from sweeps.search import make_scheduler, make_searcher, stopped_early, total_search_trials
+from sweeps.search import chosen_epochs, make_scheduler, make_searcher, stopped_early, total_search_trials
 from sweeps.seeds import cell_of
 from sweeps.studies import optuna_storage, optuna_url
 
@@ -153,8 +153,9 @@ def best_configs(cfg: SweepConfig, results) -> dict[str, dict[str, Any]]:
         cell = cell_of(r.config)
         if cell not in best or score > best[cell][0]:
             config = {**r.config, "source_trial": m.get("trial_id", "")}
-            if cfg.search.objective == "best" and m.get("best_epoch"):
-                config["epochs"] = int(m["best_epoch"])
+            epochs = chosen_epochs(m, cfg.search.objective)  # with objective best: its best epoch
+            if epochs:
+                config["epochs"] = epochs
             best[cell] = (score, config)
     wanted = [cell_of({"arm": a.name, "replicate": rep}) for rep in range(cfg.search.replicates)
               for a in cfg.arms]

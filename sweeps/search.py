@@ -1,26 +1,48 @@
 """Search algorithms and schedulers that keep the SELU-vs-ReLU comparison fair.
 
-* :class:`ArmOptunaSearch`: Ray Tune's ``OptunaSearch`` that expands an arm name into the
-  arm's settings, records scheduler-stopped trials as PRUNED (not as COMPLETE with a
-  truncated score) and, on restore, fails study trials the Tune experiment never saw.
-* :class:`StratifiedSearch`: one ``ArmOptunaSearch`` (its own Optuna study) per cell, a cell
-  being an arm and a replicate of its tuning, asked in turn, so every cell gets exactly
-  ``per_cell`` trials and the cells run concurrently.
-* :class:`PerArmScheduler`: one ASHA instance per cell, so early stopping compares a trial
-  only with trials of its own arm and replicate (a weak arm's trials are never cut because
-  the other arm is better, and replicates stay independent).
+A *cell* is one tuning: an arm and a replicate (``arm/rR``), or a replicate in ``joint`` mode.
 
-Replicate ``r`` of every arm uses the same TPE sampler seed (``sweeps.seeds``): the arms are
-paired. The private attributes of Ray's ``OptunaSearch`` this module relies on are listed in
+* Common random numbers: trial ``i`` of replicate ``r`` evaluates the same design point with
+  the same weight seed in every arm. The design is a scrambled Sobol sequence over the search
+  space (log scale for log ranges), seeded per replicate (``sweeps.seeds.design_seed``) and fed
+  through :class:`DesignSampler`; after ``search.n_startup_trials`` design points (all of them
+  by default) TPE takes over. The index ``i`` is the cell's own count of asked trials, so it
+  survives a resume even where a crashed trial left a failed Optuna trial in one arm only.
+* No privileged trial: the stratified search has no reference point, and every trial is subject
+  to ASHA alike. (Ray's asynchronous ASHA lets the first trial to reach an empty rung continue;
+  per cell, that is trial 0, which is the same design point and seed in every arm.)
+* Epochs are read off the curve: every trial trains toward ``search.max_epochs``; its objective
+  is the best validation accuracy over its epochs (``objective: best``) and the epochs of the
+  configuration it stands for are the epoch of that best (:func:`chosen_epochs`), recorded on
+  its Optuna trial as the user attribute ``epochs``.
+
+Classes:
+
+* :class:`ArmOptunaSearch`: Ray Tune's ``OptunaSearch`` for one cell: expands an arm name into
+  the arm's settings, names the study's metric and tags the study with its arm and replicate,
+  records scheduler-stopped trials as PRUNED (with the value ASHA stopped them at: Tune never
+  passes that result to ``on_trial_result``) and the last epoch's value of COMPLETE ones, and, on
+  restore, fails study trials the Tune experiment never saw.
+* :class:`StratifiedSearch`: one ``ArmOptunaSearch`` (its own Optuna study) per cell, asked in
+  turn, so every cell gets exactly ``search.num_samples`` trials and the cells run concurrently.
+* :class:`PerCellScheduler`: one ASHA instance per cell, so early stopping compares a trial only
+  with trials of its own arm and replicate (a weak arm's trials are never cut because the other
+  arm is better, and replicates stay independent).
+
+The private attributes of Ray's ``OptunaSearch`` this module relies on are listed in
 ``OPTUNA_SEARCH_PRIVATE`` (a test pins them).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import pickle
+import warnings
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import optuna
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
@@ -29,12 +51,14 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps import seeds
 from sweeps.config import ParamSpec, SweepConfig
 from sweeps.seeds import cell_of, study_name
+from trainable.train import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
 # Ray's OptunaSearch keeps its state in these private attributes; ArmOptunaSearch reads them.
 OPTUNA_SEARCH_PRIVATE = ("_ot_trials", "_ot_study", "_completed_trials", "_metric", "_points_to_evaluate",
                          "_storage", "_study_name", "_setup_study")
+JOINT = "joint"  # the study attribute ``arm`` of a joint-mode study (the arm is one of its parameters)
 
 
 def optuna_distributions(space: tuple[ParamSpec, ...]) -> dict[str, optuna.distributions.BaseDistribution]:
@@ -50,6 +74,95 @@ def optuna_distributions(space: tuple[ParamSpec, ...]) -> dict[str, optuna.distr
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# The shared quasi-random design
+
+
+def _from_unit(dist: optuna.distributions.BaseDistribution, u: float) -> Any:
+    """The value at quantile ``u`` in [0, 1) of a uniform (log-uniform for log ranges) draw."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return dist.choices[min(int(u * len(dist.choices)), len(dist.choices) - 1)]
+    low, high = float(dist.low), float(dist.high)
+    if dist.log:
+        value = math.exp(math.log(low) + u * (math.log(high) - math.log(low)))
+    else:
+        value = low + u * (high - low)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        if not dist.log:  # each of the (high - low) / step + 1 values gets an equal share of [0, 1)
+            n = (dist.high - dist.low) // dist.step + 1
+            return int(dist.low + min(int(u * n), n - 1) * dist.step)
+        return int(min(max(round(value), dist.low), dist.high))
+    if dist.step is not None:
+        value = low + round((value - low) / dist.step) * dist.step
+    return float(min(max(value, low), high))
+
+
+def sobol_design(distributions: dict[str, optuna.distributions.BaseDistribution], n: int,
+                 seed: int) -> list[dict[str, Any]]:
+    """``n`` points of a scrambled Sobol sequence over ``distributions`` (one dimension each, in
+    their order), seeded by ``seed``: the same ``seed`` gives the same points, in the same order.
+    In one dimension the first 2**m points put one point in each of 2**m equal strata."""
+    if n <= 0 or not distributions:
+        return []
+    from scipy.stats import qmc
+
+    d, m = len(distributions), max(0, math.ceil(math.log2(n)))
+    rng = np.random.default_rng(seed)
+    try:
+        engine = qmc.Sobol(d, scramble=True, rng=rng)
+    except TypeError:  # scipy < 1.15 calls it seed
+        engine = qmc.Sobol(d, scramble=True, seed=rng)
+    units = engine.random_base2(m)[:n]  # a power of two keeps Sobol's balance; the first n are used
+    return [{name: _from_unit(dist, float(u)) for (name, dist), u in zip(distributions.items(), row)}
+            for row in units]
+
+
+class DesignSampler(optuna.samplers.BaseSampler):
+    """Trial ``i`` of a study (``i`` set by the searcher in ``next_index`` before it asks) takes
+    ``design[i]``; trials past the design are sampled by ``base`` (TPE), which sees the design
+    trials in the study's history."""
+
+    def __init__(self, design: list[dict[str, Any]], base: optuna.samplers.BaseSampler):
+        self.design = design
+        self.base = base
+        self.next_index: int | None = None
+        self._index_of: dict[int, int] = {}  # Optuna trial number -> index in the cell
+
+    def _point(self, trial: optuna.trial.FrozenTrial) -> dict[str, Any] | None:
+        i = self._index_of.get(trial.number)
+        return self.design[i] if i is not None and i < len(self.design) else None
+
+    def before_trial(self, study, trial) -> None:
+        if self.next_index is not None:
+            self._index_of[trial.number] = self.next_index
+            self.next_index = None
+        self.base.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return {} if self._point(trial) is not None else self.base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        if self._point(trial) is not None:
+            return {}
+        return self.base.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        point = self._point(trial)
+        if point is not None and param_name in point:
+            return point[param_name]
+        return self.base.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self.base.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.base.reseed_rng()
+
+
+# --------------------------------------------------------------------------------------------
+# What a trial stands for
+
+
 def stopped_early(result: dict | None) -> bool:
     """True when a trial ended before its planned epochs without diverging (a scheduler stop)."""
     if not result or "epoch" not in result or "target_epochs" not in result:
@@ -57,17 +170,29 @@ def stopped_early(result: dict | None) -> bool:
     return result.get("diverged", 0.0) != 1.0 and result["epoch"] < result["target_epochs"]
 
 
+def chosen_epochs(result: dict | None, objective: str) -> int | None:
+    """The epochs of the configuration a trial stands for: the epoch of its best validation
+    accuracy (``objective: best``) or the last epoch it trained (``final``); None before any."""
+    value = (result or {}).get("best_epoch" if objective == "best" else "epoch")
+    return int(value) if value else None
+
+
 class ArmOptunaSearch(OptunaSearch):
     """OptunaSearch for one cell (arm and replicate) of the sweep; see the module docstring."""
 
     def __init__(self, space, *, arm_settings: dict[str, dict[str, Any]], fixed_arm: str | None,
-                 replicate: int, search_seed: int, extra: dict[str, Any] | None = None, **kwargs):
-        super().__init__(space=space, **kwargs)
+                 replicate: int, search_seed: int, extra: dict[str, Any] | None = None,
+                 objective: str = "best", **kwargs):
+        # Set before OptunaSearch.__init__, which sets the study up (_setup_study reads them).
         self._arm_settings = arm_settings
         self._fixed_arm = fixed_arm
         self._replicate = replicate
         self._search_seed = search_seed
         self._extra = dict(extra or {})
+        self._objective = objective
+        self._index_of: dict[str, int] = {}  # Tune trial id -> its index in this cell
+        self._last_step: dict[str, int] = {}  # Tune trial id -> last step reported to Optuna
+        super().__init__(space=space, **kwargs)
 
     def _setup_study(self, mode):
         # A study that already has trials (a resumed sweep) got its reference point when it began.
@@ -82,28 +207,66 @@ class ArmOptunaSearch(OptunaSearch):
             super()._setup_study(mode)
         finally:
             self._points_to_evaluate = points
+        study = self._ot_study
+        if study.metric_names != [self._metric]:
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, still in 5.1
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names([self._metric])
+        activation = self._arm_settings[self._fixed_arm]["activation"] if self._fixed_arm else JOINT
+        attrs = {"arm": self._fixed_arm or JOINT, "replicate": self._replicate, "activation": activation,
+                 "objective": self._objective}
+        for key, value in attrs.items():
+            if study.user_attrs.get(key) != value:
+                study.set_user_attr(key, value)
 
     def suggest(self, trial_id: str) -> dict | None:
+        fresh = trial_id not in self._ot_trials
+        index = len(self._ot_trials) if fresh else self._index_of.get(trial_id, 0)
+        sampler = self._ot_study.sampler
+        if fresh and isinstance(sampler, DesignSampler):
+            sampler.next_index = index
         params = super().suggest(trial_id)
         if params is None:
             return None
+        seed = seeds.search_trial_seed(self._search_seed, self._replicate, index)
+        if fresh:
+            self._index_of[trial_id] = index
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("trial_index", index)
+            ot_trial.set_user_attr("seed", seed)
         arm = params.pop("arm", self._fixed_arm)
-        number = self._ot_trials[trial_id].number
         return {**params, **self._arm_settings[arm], **self._extra, "replicate": self._replicate,
-                "seed": seeds.search_trial_seed(self._search_seed, self._replicate, number),
-                "stage": "search"}
+                "seed": seed, "stage": "search"}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        super().on_trial_result(trial_id, result)
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._last_step[trial_id] = int(result["training_iteration"])
+
+    def _record_last(self, trial_id: str, result: dict) -> None:
+        """Report the trial's last value (Tune passes no ``on_trial_result`` for the result on
+        which a scheduler says STOP, which under ASHA includes a trial's last epoch) and record
+        the epochs of the configuration it stands for."""
+        ot_trial = self._ot_trials[trial_id]
+        value, step = result.get(self._metric), result.get("training_iteration", result.get("epoch"))
+        if value is not None and step is not None and math.isfinite(float(value)) \
+                and int(step) > self._last_step.get(trial_id, -1):
+            ot_trial.report(float(value), step=int(step))
+            self._last_step[trial_id] = int(step)
+        epochs = chosen_epochs(result, self._objective)
+        if epochs is not None:
+            ot_trial.set_user_attr("epochs", epochs)
+        if "epoch" in result:
+            ot_trial.set_user_attr("epochs_trained", int(result["epoch"]))
+        ot_trial.set_user_attr("diverged", result.get("diverged") == 1.0)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if not error and result:
+            self._record_last(trial_id, result)
         if not error and stopped_early(result):
-            # Tune never passes the result on which the scheduler said STOP to on_trial_result:
-            # report it here, so the PRUNED trial carries the value of the epoch it stopped at.
-            ot_trial = self._ot_trials[trial_id]
-            value = result.get(self._metric)
-            if value is not None:
-                ot_trial.report(float(value), step=int(result.get("training_iteration", result["epoch"])))
-            self._ot_study.tell(ot_trial.number, state=optuna.trial.TrialState.PRUNED)
+            self._ot_study.tell(self._ot_trials[trial_id].number, state=optuna.trial.TrialState.PRUNED)
             self._completed_trials.add(trial_id)
             return
         super().on_trial_complete(trial_id, result=result, error=error)
@@ -114,7 +277,8 @@ class ArmOptunaSearch(OptunaSearch):
 
     def fail_orphans(self) -> int:
         """Mark study trials left RUNNING that this searcher does not track (asked after the last
-        experiment checkpoint, before a crash) as FAIL, so the study matches the experiment."""
+        experiment checkpoint, before a crash) as FAIL, so the study matches the experiment. The
+        searcher then asks again for the same index (and so the same design point and seed)."""
         known = {t.number for t in self._ot_trials.values()}
         orphans = [t for t in self._ot_study.get_trials(deepcopy=False,
                                                         states=(optuna.trial.TrialState.RUNNING,))
@@ -131,75 +295,75 @@ class ArmOptunaSearch(OptunaSearch):
 class StratifiedSearch(Searcher):
     """Round-robin over per-cell searchers: equal trials per cell, each cell its own study."""
 
-    def __init__(self, searchers: dict[str, ArmOptunaSearch], per_arm: int, metric: str, mode: str):
+    def __init__(self, searchers: dict[str, ArmOptunaSearch], per_cell: int, metric: str, mode: str):
         super().__init__(metric=metric, mode=mode)
         self._searchers = searchers
-        self._per_arm = per_arm
-        self._arm_of: dict[str, str] = {}
+        self._per_cell = per_cell
+        self._cell_of: dict[str, str] = {}  # Tune trial id -> cell
         self._counts = dict.fromkeys(searchers, 0)
 
     def suggest(self, trial_id: str) -> dict | None:
-        open_arms = [a for a in self._searchers if self._counts[a] < self._per_arm]
-        if not open_arms:
+        open_cells = [c for c in self._searchers if self._counts[c] < self._per_cell]
+        if not open_cells:
             return Searcher.FINISHED
-        arm = min(open_arms, key=lambda a: self._counts[a])  # ties: config order
-        config = self._searchers[arm].suggest(trial_id)
+        cell = min(open_cells, key=lambda c: self._counts[c])  # ties: config order
+        config = self._searchers[cell].suggest(trial_id)
         if config is None:
             return None
-        self._counts[arm] += 1
-        self._arm_of[trial_id] = arm
+        self._counts[cell] += 1
+        self._cell_of[trial_id] = cell
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._arm_of:
-            self._searchers[self._arm_of[trial_id]].on_trial_result(trial_id, result)
+        if trial_id in self._cell_of:
+            self._searchers[self._cell_of[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._arm_of:
-            self._searchers[self._arm_of[trial_id]].on_trial_complete(trial_id, result=result, error=error)
+        if trial_id in self._cell_of:
+            self._searchers[self._cell_of[trial_id]].on_trial_complete(trial_id, result=result, error=error)
 
     def save(self, checkpoint_path: str) -> None:
-        state = {"arm_of": self._arm_of, "counts": self._counts, "per_arm": self._per_arm,
-                 "searchers": {a: s.__dict__.copy() for a, s in self._searchers.items()}}
+        state = {"cell_of": self._cell_of, "counts": self._counts, "per_cell": self._per_cell,
+                 "searchers": {c: s.__dict__.copy() for c, s in self._searchers.items()}}
         with open(checkpoint_path, "wb") as fh:
             pickle.dump(state, fh)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as fh:
             state = pickle.load(fh)
-        self._arm_of, self._counts = state["arm_of"], state["counts"]
-        for arm, searcher_state in state["searchers"].items():
-            self._searchers[arm].__dict__.update(searcher_state)
-            self._searchers[arm].fail_orphans()
+        self._cell_of, self._counts = state["cell_of"], state["counts"]
+        for cell, searcher_state in state["searchers"].items():
+            self._searchers[cell].__dict__.update(searcher_state)
+            self._searchers[cell].fail_orphans()
 
     @property
     def studies(self) -> dict[str, optuna.Study]:
-        return {a: s.study for a, s in self._searchers.items()}
+        return {c: s.study for c, s in self._searchers.items()}
 
 
-class PerArmScheduler(FIFOScheduler):
+class PerCellScheduler(FIFOScheduler):
     """Routes each trial to its own cell's ASHA instance (keyed by :func:`cell_of` its config)."""
 
-    def __init__(self, arms: list[str], metric: str, mode: str, max_t: int, grace_period: int,
+    def __init__(self, cells: list[str], metric: str, mode: str, max_t: int, grace_period: int,
                  reduction_factor: int, joint: bool = False):
         super().__init__()
         self._metric, self._mode, self._joint = metric, mode, joint
-        self._by_arm = {arm: AsyncHyperBandScheduler(time_attr="training_iteration", metric=metric,
-                                                      mode=mode, max_t=max_t, grace_period=grace_period,
-                                                      reduction_factor=reduction_factor)
-                        for arm in arms}
+        self._by_cell = {cell: AsyncHyperBandScheduler(time_attr="training_iteration", metric=metric,
+                                                        mode=mode, max_t=max_t, grace_period=grace_period,
+                                                        reduction_factor=reduction_factor)
+                         for cell in cells}
 
     def _for(self, trial) -> TrialScheduler:
-        return self._by_arm.get(cell_of(trial.config, self._joint), self._fallback)
+        return self._by_cell.get(cell_of(trial.config, self._joint), self._fallback)
 
     @property
     def _fallback(self) -> TrialScheduler:
-        return next(iter(self._by_arm.values()))
+        return next(iter(self._by_cell.values()))
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if (metric, mode) == (self._metric, self._mode):  # TuneConfig names the metric it was built with
             return True
-        return all(s.set_search_properties(metric, mode, **spec) for s in self._by_arm.values())
+        return all(s.set_search_properties(metric, mode, **spec) for s in self._by_cell.values())
 
     def on_trial_add(self, tune_controller, trial):
         self._for(trial).on_trial_add(tune_controller, trial)
@@ -217,17 +381,21 @@ class PerArmScheduler(FIFOScheduler):
         self._for(trial).on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
-        return "; ".join(f"{arm}: {s.debug_string()}" for arm, s in self._by_arm.items())
+        return "; ".join(f"{cell}: {s.debug_string()}" for cell, s in self._by_cell.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Building them from the config
 
 
 def reference_points(cfg: SweepConfig, arm: str | None) -> list[dict[str, Any]]:
-    """The original experiment's config (lr 1e-3, 50 epochs), clipped into the search space."""
+    """Joint mode only (``search.reference_point``): the original experiment's values
+    (``trainable.train.DEFAULTS``: lr 1e-3, batch 100, no dropout), clipped into the search space."""
     if not cfg.search.reference_point:
         return []
-    original = {"lr": 1e-3, "epochs": 50, "batch_size": 100, "dropout": 0.0}
     point: dict[str, Any] = {}
     for p in cfg.search.space:
-        v = original[p.name]
+        v = DEFAULTS[p.name]
         if p.choices is not None:
             v = min(p.choices, key=lambda c: abs(c - v))
         else:
@@ -236,51 +404,57 @@ def reference_points(cfg: SweepConfig, arm: str | None) -> list[dict[str, Any]]:
     return [{"arm": arm, **point}] if arm else [point]
 
 
+def _replicates(cfg: SweepConfig, replicates: Iterable[int] | None) -> list[int]:
+    return list(range(cfg.search.replicates) if replicates is None else replicates)
+
+
 def make_searcher(cfg: SweepConfig, storage: optuna.storages.BaseStorage | None, experiment_id: str = "x",
-                  mode: str = "max"):
-    """One ArmOptunaSearch per cell (arm x replicate, or replicate in joint mode) under a
-    StratifiedSearch that gives every cell ``search.num_samples`` trials."""
+                  mode: str = "max", replicates: Iterable[int] | None = None) -> StratifiedSearch:
+    """One ArmOptunaSearch per cell (arm x replicate, or replicate in joint mode) of the given
+    ``replicates`` (default: all) under a StratifiedSearch that gives every cell
+    ``search.num_samples`` trials. The cells of a replicate share its design and seeds."""
     s = cfg.search
     settings = {arm.name: arm.settings(cfg.train) for arm in cfg.arms}
     distributions = optuna_distributions(s.space)
-    common = dict(metric=s.metric, mode=mode, storage=storage, arm_settings=settings, search_seed=s.seed)
+    common = dict(metric=s.metric, mode=mode, storage=storage, arm_settings=settings, search_seed=s.seed,
+                  objective=s.objective)
     searchers = {}
-    for r in range(s.replicates):
-        extra = {"split_seed": seeds.split_seed(cfg.data.split_seed, r, cfg.data.vary_split)} \
-            if cfg.data.vary_split else {}
-
-        def sampler(r=r):
-            return optuna.samplers.TPESampler(seed=seeds.sampler_seed(s.seed, r),
-                                              n_startup_trials=s.startup_trials)
-        if s.mode == "joint":
+    for r in _replicates(cfg, replicates):
+        extra = {"epochs": cfg.max_epochs()}
+        if cfg.data.vary_split:
+            extra["split_seed"] = seeds.split_seed(cfg.data.split_seed, r, True)
+        if s.mode == JOINT:
             space = {"arm": optuna.distributions.CategoricalDistribution([a.name for a in cfg.arms]),
                      **distributions}
             points = [p for a in cfg.arms for p in reference_points(cfg, a.name)]
-            cells = {f"r{r}": (space, None, points)}
+            cells = {cell_of({"replicate": r}, joint=True): (space, None, points)}
         else:
-            cells = {f"{a.name}/r{r}": (dict(distributions), a.name, reference_points(cfg, None))
+            cells = {cell_of({"arm": a.name, "replicate": r}): (dict(distributions), a.name, [])
                      for a in cfg.arms}
         for cell, (space, fixed_arm, points) in cells.items():
+            design = sobol_design(space, s.startup_trials, seeds.design_seed(s.seed, r))
+            tpe = optuna.samplers.TPESampler(seed=seeds.sampler_seed(s.seed, r),
+                                             n_startup_trials=s.startup_trials)
             searchers[cell] = ArmOptunaSearch(
                 space, fixed_arm=fixed_arm, replicate=r, extra=extra,
-                study_name=study_name(cfg, experiment_id, cell), sampler=sampler(),
+                study_name=study_name(cfg, experiment_id, cell), sampler=DesignSampler(design, tpe),
                 points_to_evaluate=points or None, **common)
-    return StratifiedSearch(searchers, per_arm=s.num_samples, metric=s.metric, mode=mode)
+    return StratifiedSearch(searchers, per_cell=s.num_samples, metric=s.metric, mode=mode)
 
 
-def total_search_trials(cfg: SweepConfig) -> int:
+def total_search_trials(cfg: SweepConfig, replicates: Iterable[int] | None = None) -> int:
     cells = len(cfg.arms) if cfg.search.mode == "stratified" else 1
-    return cfg.search.num_samples * cells * cfg.search.replicates
+    return cfg.search.num_samples * cells * len(_replicates(cfg, replicates))
 
 
-def make_scheduler(cfg: SweepConfig):
-    """ASHA per cell (arm x replicate, or replicate when joint); FIFO when early stopping is off."""
+def make_scheduler(cfg: SweepConfig, replicates: Iterable[int] | None = None):
+    """ASHA per cell (arm x replicate, or replicate when joint) toward ``search.max_epochs``;
+    FIFO when early stopping is off."""
     es = cfg.search.early_stopping
     if not es.enabled:
         return FIFOScheduler()
-    max_t = cfg.max_epochs()
-    joint = cfg.search.mode == "joint"
-    cells = [cell_of({"arm": a.name, "replicate": r}, joint) for r in range(cfg.search.replicates)
+    joint = cfg.search.mode == JOINT
+    cells = [cell_of({"arm": a.name, "replicate": r}, joint) for r in _replicates(cfg, replicates)
              for a in (cfg.arms[:1] if joint else cfg.arms)]
-    return PerArmScheduler(cells, metric=cfg.search.metric, mode="max", max_t=max_t,
-                           grace_period=es.grace_period, reduction_factor=es.reduction_factor, joint=joint)
+    return PerCellScheduler(cells, metric=cfg.search.metric, mode="max", max_t=cfg.max_epochs(),
+                            grace_period=es.grace_period, reduction_factor=es.reduction_factor, joint=joint)

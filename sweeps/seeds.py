@@ -1,7 +1,9 @@
 """The pairing structure of a sweep: its tuning cells and every seed, derived in one place so
 that the rules hold by construction:
 
-* arms are paired: replicate ``r`` of every arm uses the same sampler seed and data split, and
+* arms are paired (common random numbers): trial ``i`` of replicate ``r`` evaluates the same
+  design point (:func:`design_seed`) with the same weight seed (:func:`search_trial_seed`) in
+  every arm, replicate ``r`` of every arm uses the same sampler seed and data split, and
   confirmation seed ``k`` of replicate ``r`` is the same for every arm;
 * search and confirmation trials never share a weight seed: search seeds lie in
   ``[0, 2**30)``, confirmation seeds in ``[2**30, 2**31)``, whatever ``search.seed`` and
@@ -30,14 +32,20 @@ def sampler_seed(search_seed: int, replicate: int) -> int:
     return _hash("sampler", search_seed, replicate)
 
 
+def design_seed(search_seed: int, replicate: int) -> int:
+    """Scrambling seed of replicate ``replicate``'s quasi-random (Sobol) design, shared by every arm."""
+    return _hash("design", search_seed, replicate)
+
+
 def split_seed(base: int, replicate: int, vary: bool) -> int:
     """The train/val split of a replicate: ``base`` for all, or ``base + r`` with ``data.vary_split``."""
     return (base + replicate) % 2**31 if vary else base
 
 
-def search_trial_seed(search_seed: int, replicate: int, number: int) -> int:
-    """Weight seed of search trial ``number`` (its Optuna trial number) in a replicate's study."""
-    return _hash("search", search_seed, replicate, number)
+def search_trial_seed(search_seed: int, replicate: int, index: int) -> int:
+    """Weight seed (initial weights, data order) of search trial ``index`` of a replicate: the
+    ``index``-th trial a cell asks for, so trial ``i`` has the same seed in every arm."""
+    return _hash("search", search_seed, replicate, index)
 
 
 def confirm_trial_seed(confirm_seed: int, replicate: int, k: int) -> int:

@@ -142,7 +142,7 @@ def smoke_sweep(ray_local, tmp_path_factory):
     cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={root}", "search.num_samples=2",
                                                   "search.replicates=2", "confirm.seeds=2", "max_failures=2",
                                                   "train.checkpoint_every=1",
-                                                  "search.space.epochs.low=2", "search.space.epochs.high=2",
+                                                  "search.max_epochs=2",
                                                   "search.early_stopping.enabled=false"])
     crash = fail_once_callback(str(root / "crashed-once"), at_epoch=1)
     kill = kill_once_callback(str(root / "killed-once"), at_epoch=1)

@@ -34,7 +34,7 @@ def tracked_sweep(ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("toolbox")
     cfg = load_config(CONFIG_DIR / "smoke.yaml", [
         f"storage_path={root}", "name=toolbox", "search.num_samples=1", "search.replicates=1",
-        "confirm.seeds=1", f"search.space.epochs.low={EPOCHS}", f"search.space.epochs.high={EPOCHS}",
+        "confirm.seeds=1", f"search.max_epochs={EPOCHS}",
         f"search.early_stopping.grace_period={EPOCHS}",  # ASHA (metric from TuneConfig) stops nothing
         f"logging.mlflow.tracking_uri={root / 'mlruns'}", "logging.mlflow.experiment=toolbox",
         "logging.wandb.mode=offline"])
@@ -241,11 +241,11 @@ def test_trial_directory_names_pickle_without_the_project():
     assert pickle.loads(data)(Trial()) == "selu_ab12_00003"
 
 
-def test_per_arm_scheduler_takes_the_tuneconfig_metric_it_was_built_with():
-    from sweeps.search import PerArmScheduler
+def test_per_cell_scheduler_takes_the_tuneconfig_metric_it_was_built_with():
+    from sweeps.search import PerCellScheduler
 
-    scheduler = PerArmScheduler(["relu/r0", "selu/r0"], metric="val_accuracy", mode="max", max_t=4,
-                                grace_period=1, reduction_factor=2)
+    scheduler = PerCellScheduler(["relu/r0", "selu/r0"], metric="val_accuracy", mode="max", max_t=4,
+                                 grace_period=1, reduction_factor=2)
     assert scheduler.set_search_properties("val_accuracy", "max")
     assert not scheduler.set_search_properties("val_loss", "min")  # Tune then says: conflicting metric
 

@@ -84,7 +84,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     finally:
         sys.path.remove(str(BENCH.parent))
     for args, message in [(["overhead", "--trials", "0"], "--trials must be >= 1"),
-                          (["asha", "--epochs-low", "5", "--epochs-high", "5"], "--epochs-high must be >"),
+                          (["asha", "--max-epochs", "0"], "--max-epochs must be >= 1"),
                           (["gpu-packing", "--k", "1,x"], "--k '1,x'"),
                           (["gpu-packing", "--k", "0"], "every count must be >= 1"),
                           (["gpu-packing", "--set", "nope=1"], "--set 'nope=1'"),

@@ -29,9 +29,30 @@ def test_default_config_is_the_fair_cifar10_search():
     assert cfg.data.source == "cifar10" and [a.activation for a in cfg.arms] == ["relu", "selu"]
     space = {p.name: p for p in cfg.search.space}
     assert (space["lr"].low, space["lr"].high, space["lr"].log) == (1e-4, 1e-2, True)
-    assert (space["epochs"].low, space["epochs"].high) == (3, 30) and cfg.search.replicates >= 3
+    assert list(space) == ["lr"] and cfg.search.replicates >= 3
     assert cfg.train.batch_size == 100 and cfg.search.early_stopping.enabled
     assert cfg.search.mode == "stratified" and cfg.data.validate_on == "val"
+
+
+def test_default_search_reads_epochs_off_the_curve_with_every_trial_from_the_shared_design():
+    s = load_config().search
+    assert (s.objective, s.metric, s.max_epochs) == ("best", "best_val_accuracy", 30)
+    assert s.n_startup_trials is None and s.startup_trials == s.num_samples, "all T trials from the design"
+    assert not s.reference_point, "no privileged trial in the stratified search"
+    assert s.early_stopping.grace_period == 1
+    assert load_config().max_epochs() == 30
+    assert load_config(CONFIG_DIR / "blog.yaml").max_epochs() == 50, "no search: train.epochs"
+
+
+def test_startup_trials_are_capped_at_the_trials_per_cell():
+    assert load_config(overrides=["search.n_startup_trials=3"]).search.startup_trials == 3
+    assert load_config(overrides=["search.n_startup_trials=30"]).search.startup_trials == 8
+    assert load_config(overrides=["search.n_startup_trials=0"]).search.startup_trials == 0
+
+
+def test_joint_mode_may_keep_the_reference_point():
+    cfg = load_config(overrides=["search.mode=joint", "search.reference_point=true"])
+    assert cfg.search.reference_point
 
 
 def test_blog_config_is_the_original_experiment():

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "sweeps" / "configs" / "smoke.yaml"
 # One search trial per arm (1 epoch), one confirmation seed per arm.
 TINY = ["--config", str(SMOKE), "--set", "search.num_samples=1", "--set", "search.replicates=1",
-        "--set", "confirm.seeds=1", "--set", "search.space.epochs.high=1"]
+        "--set", "confirm.seeds=1", "--set", "search.max_epochs=1"]
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -165,7 +165,7 @@ def test_skip_confirm_without_a_search_is_refused(tmp_path):
 def test_joint_search_then_confirm_only_continues_the_same_sweep(tmp_path):
     common = ["--config", SMOKE, "--storage-path", tmp_path, "--name", "joint",
               "--set", "search.replicates=1", "--set", "search.mode=joint", "--set", "search.num_samples=3",
-              "--set", "search.space.epochs.high=1", "--set", "confirm.seeds=1"]
+              "--set", "search.max_epochs=1", "--set", "confirm.seeds=1"]
     first = run_cli(*common, "--skip-confirm", "--no-report", timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     exp = tmp_path / "joint"

@@ -163,7 +163,7 @@ def _resume_and_check(tmp_path: Path, finished_before: dict[str, float], search_
 
 _KILL_ARGS = ["--config", CONFIG_DIR / "smoke.yaml", "--name", "killed", "--no-report",
               "--set", "search.replicates=1", "--set", "search.early_stopping.enabled=false",
-              "--set", "search.space.epochs.low=2", "--set", "search.space.epochs.high=3"]
+              "--set", "search.max_epochs=3"]
 
 
 def test_sigkill_of_the_driver_in_the_search_then_resume_loses_nothing(tmp_path):
@@ -224,7 +224,8 @@ def test_each_cells_best_trial_is_chosen_and_objective_best_confirms_at_its_best
                trial("c", "relu", 0, 0.99, 3, diverged=1.0),         # diverged: never chosen
                trial("d", "relu", 0, 0.90, 3, epoch=5.0),            # stopped early by ASHA: never chosen
                trial("e", "selu", 0, 0.55, 12)]
-    final = best_configs(load_config(overrides=["name=t", "search.replicates=1"]), results)
+    final = best_configs(load_config(overrides=["name=t", "search.replicates=1", "search.objective=final"]),
+                         results)
     assert final["relu/r0"]["source_trial"] == "b" and final["relu/r0"]["epochs"] == 20
     best = best_configs(load_config(overrides=["name=t", "search.replicates=1", "search.objective=best"]),
                         results)
@@ -239,7 +240,7 @@ def test_identical_arms_end_to_end_name_no_winner(ray_local, tmp_path):
     cfg = load_config(CONFIG_DIR / "smoke.yaml", [
         f"storage_path={tmp_path}", "name=twins", "arms=[{name: relu, activation: relu}, "
         "{name: relu-again, activation: relu}]", "search.replicates=3", "search.num_samples=1",
-        "search.space.epochs.low=1", "search.space.epochs.high=1", "confirm.seeds=3"])
+        "search.max_epochs=1", "confirm.seeds=3"])
     exp = Path(run_sweep(cfg, RunOptions()))
     record = json.loads((exp / "report" / "verdict.json").read_text())
     assert record["unit"] == "replicate" and record["replicates"] == {"relu": 3, "relu-again": 3}
@@ -277,5 +278,5 @@ def test_searcher_scheduler_and_progress_table_unpickle_without_the_project(tmp_
                           cwd=tmp_path, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.decode().split() == [
-        "StratifiedSearch", "['relu/r0',", "'relu/r1',", "'selu/r0',", "'selu/r1']", "PerArmScheduler",
-        "val_accuracy", "ProgressTable"]
+        "StratifiedSearch", "['relu/r0',", "'relu/r1',", "'selu/r0',", "'selu/r1']", "PerCellScheduler",
+        "best_val_accuracy", "ProgressTable"]

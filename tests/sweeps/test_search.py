@@ -1,6 +1,9 @@
-"""sweeps/search.py: per-cell (arm x replicate) searchers and schedulers, ASHA stops recorded as pruned."""
+"""sweeps/search.py: per-cell (arm x replicate) searchers paired by common random numbers, per-cell
+ASHA, and what the Optuna studies record."""
 
 from __future__ import annotations
+
+import math
 
 import optuna
 import pytest
@@ -12,10 +15,15 @@ from sweeps.config import load_config
 from sweeps.search import (
     OPTUNA_SEARCH_PRIVATE,
     ArmOptunaSearch,
-    PerArmScheduler,
+    DesignSampler,
+    PerCellScheduler,
     StratifiedSearch,
+    chosen_epochs,
+    make_scheduler,
     make_searcher,
+    optuna_distributions,
     reference_points,
+    sobol_design,
     stopped_early,
 )
 from trainable import train_cnn
@@ -23,6 +31,13 @@ from trainable import train_cnn
 
 def _cfg(*overrides):
     return load_config(overrides=["name=t", "search.replicates=1", *overrides])
+
+
+def _by_cell(configs):
+    out = {}
+    for c in configs:
+        out.setdefault((c["arm"], c["replicate"]), []).append(c)
+    return out
 
 
 def test_stratified_searcher_gives_each_arm_its_own_study_and_equal_turns():
@@ -36,38 +51,88 @@ def test_stratified_searcher_gives_each_arm_its_own_study_and_equal_turns():
     assert all(len(s.trials) == 3 for s in searcher.studies.values())
 
 
-def test_each_replicate_is_an_independent_paired_tuning():
-    cfg = _cfg("search.num_samples=2", "search.replicates=3", "search.seed=77")
+def test_paired_trials_of_every_arm_get_the_same_lr_and_seed_and_replicates_differ():
+    """Common random numbers: trial i of replicate r has the same lr and weight seed in every arm."""
+    cfg = _cfg("search.num_samples=4", "search.replicates=3", "search.seed=77", "arms=[relu, selu, gelu]")
     searcher = make_searcher(cfg, storage=None, experiment_id="abc")
-    assert sorted(searcher.studies) == [f"{a}/r{r}" for a in ("relu", "selu") for r in range(3)]
+    assert sorted(searcher.studies) == [f"{a}/r{r}" for a in ("gelu", "relu", "selu") for r in range(3)]
     names = {s.study_name for s in searcher.studies.values()}
-    assert names == {f"t-abc-{a}-r{r}" for a in ("relu", "selu") for r in range(3)}, "ids in study names"
-    configs = [searcher.suggest(f"t{i}") for i in range(12)]
-    assert searcher.suggest("t12") == StratifiedSearch.FINISHED
-    by_cell = {}
-    for c in configs:
-        by_cell.setdefault((c["arm"], c["replicate"]), []).append(c)
-    assert all(len(v) == 2 for v in by_cell.values()) and len(by_cell) == 6
-    for r in range(3):  # paired: the same sampler seed, so the same suggestions and seeds, per arm
-        relu, selu = by_cell[("relu", r)], by_cell[("selu", r)]
-        assert [(c["lr"], c["epochs"], c["seed"]) for c in relu] == \
-            [(c["lr"], c["epochs"], c["seed"]) for c in selu]
-    assert by_cell[("relu", 0)][1]["lr"] != by_cell[("relu", 1)][1]["lr"], "replicates differ"
+    assert names == {f"t-abc-{a}-r{r}" for a in ("relu", "selu", "gelu") for r in range(3)}, "ids in names"
+    by_cell = _by_cell(searcher.suggest(f"t{i}") for i in range(36))
+    assert searcher.suggest("t36") == StratifiedSearch.FINISHED
+    assert all(len(v) == 4 for v in by_cell.values()) and len(by_cell) == 9
+    for r in range(3):
+        relu, selu, gelu = (by_cell[(a, r)] for a in ("relu", "selu", "gelu"))
+        assert [(c["lr"], c["seed"]) for c in relu] == [(c["lr"], c["seed"]) for c in selu] \
+            == [(c["lr"], c["seed"]) for c in gelu]
+        assert len({c["lr"] for c in relu}) == 4 and len({c["seed"] for c in relu}) == 4
+    assert by_cell[("relu", 0)][0]["lr"] != by_cell[("relu", 1)][0]["lr"], "replicates differ"
+    assert by_cell[("relu", 0)][0]["seed"] != by_cell[("relu", 1)][0]["seed"]
 
 
-def test_each_study_starts_from_the_original_config_clipped_into_the_space():
+def test_the_design_is_a_stratified_sobol_sample_of_log_lr_seeded_per_replicate():
+    dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    design = sobol_design(dist, 8, seed=5)
+    assert design == sobol_design(dist, 8, seed=5), "deterministic"
+    assert design != sobol_design(dist, 8, seed=6)
+    strata = sorted(int((math.log10(p["lr"]) + 4) / 2 * 8) for p in design)
+    assert strata == list(range(8)), "one point in each eighth of log10 lr in [-4, -2]"
+    assert sobol_design(dist, 5, seed=5) == design[:5], "a shorter design is a prefix"
+    mixed = {"batch_size": optuna.distributions.IntDistribution(32, 256, step=32),
+             "dropout": optuna.distributions.CategoricalDistribution([0.0, 0.1])}
+    for point in sobol_design(mixed, 16, seed=1):
+        assert point["batch_size"] in range(32, 257, 32) and point["dropout"] in (0.0, 0.1)
+
+
+def test_searcher_trials_follow_the_design_then_tpe():
+    cfg = _cfg("search.num_samples=5", "search.n_startup_trials=3")
+    searcher = make_searcher(cfg, storage=None)
+    configs = [searcher.suggest(f"t{i}") for i in range(10)]
+    design = sobol_design(optuna_distributions(cfg.search.space), 3, seeds.design_seed(cfg.search.seed, 0))
+    relu = [c["lr"] for c in configs if c["arm"] == "relu"]
+    assert relu[:3] == [p["lr"] for p in design]
+    assert not set(relu[3:]) & {p["lr"] for p in design}, "trials past the design come from TPE"
+    sampler = searcher.studies["relu/r0"].sampler
+    assert isinstance(sampler, DesignSampler) and isinstance(sampler.base, optuna.samplers.TPESampler)
+
+
+def test_a_crash_between_the_arms_asks_keeps_them_paired_after_restore(tmp_path):
+    """A trial asked in one arm only after the last save (then a crash) fails in the study; the
+    restored searcher asks again for the same index: the same lr and seed as the other arm."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
+    cfg = _cfg("search.num_samples=3")
+    searcher = make_searcher(cfg, storage)
+    first = [searcher.suggest("a"), searcher.suggest("b")]
+    searcher.save(str(tmp_path / "state.pkl"))
+    lost = searcher.suggest("c")  # relu's trial 1, asked after the last save; then the driver dies
+    fresh = make_searcher(cfg, storage)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    assert [t.state for t in fresh.studies["relu/r0"].get_trials()] == \
+        [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL]
+    again = [fresh.suggest(t) for t in ("d", "e", "f", "g")]
+    assert again[0]["arm"] == "relu" and (again[0]["lr"], again[0]["seed"]) == (lost["lr"], lost["seed"])
+    by_cell = _by_cell(first + again)
+    pairs = {arm: [(c["lr"], c["seed"]) for c in by_cell[arm, 0]] for arm in ("relu", "selu")}
+    assert pairs["relu"] == pairs["selu"]
+
+
+def test_the_stratified_search_has_no_reference_point_and_joint_mode_may_keep_it():
     cfg = _cfg("search.num_samples=3")
     first = make_searcher(cfg, storage=None).suggest("a")
-    assert (first["lr"], first["epochs"]) == (1e-3, 30), "lr 1e-3 and 50 epochs clipped to the range"
-    assert reference_points(_cfg("search.reference_point=false"), None) == []
+    design = sobol_design(optuna_distributions(cfg.search.space), 3, seeds.design_seed(cfg.search.seed, 0))
+    assert first["lr"] == design[0]["lr"] != 1e-3, "trial 0 is the design's first point"
+    assert reference_points(cfg, None) == []
+    joint = _cfg("search.mode=joint", "search.reference_point=true", "search.num_samples=4")
+    configs = [make_searcher(joint, storage=None).suggest(f"t{i}") for i in range(1)]
+    assert (configs[0]["arm"], configs[0]["lr"]) == ("relu", 1e-3), "the original lr, trained to max_epochs"
+    assert configs[0]["epochs"] == joint.search.max_epochs
 
 
-def test_tpe_startup_trials_are_sized_to_the_budget():
-    assert _cfg("search.num_samples=8").search.startup_trials == 2
-    assert _cfg("search.num_samples=60").search.startup_trials == 10
-    searcher = make_searcher(_cfg("search.num_samples=12"), storage=None)
-    sampler = next(iter(searcher.studies.values())).sampler
-    assert sampler._n_startup_trials == 4
+def test_every_trial_trains_toward_max_epochs():
+    cfg = _cfg("search.max_epochs=12")
+    config = make_searcher(cfg, storage=None).suggest("a")
+    assert config["epochs"] == 12 and "epochs" not in {p.name for p in cfg.search.space}
+    assert make_scheduler(cfg)._by_cell["relu/r0"]._max_t == 12
 
 
 @pytest.mark.parametrize("search_seed", [0, 43, 10_000, 2**31 - 1])
@@ -84,7 +149,7 @@ def test_suggestions_carry_the_arm_settings_and_a_seed():
     a, b = searcher.suggest("a"), searcher.suggest("b")
     assert a["activation"] == "relu" and b["activation"] == "selu"
     assert b["kernel_initializer"] == "lecun_normal" and a["kernel_initializer"] == "auto"
-    assert 1e-4 <= a["lr"] <= 1e-2 and 3 <= a["epochs"] <= 30 and a["stage"] == "search"
+    assert 1e-4 <= a["lr"] <= 1e-2 and a["epochs"] == cfg.search.max_epochs and a["stage"] == "search"
     assert a["seed"] == b["seed"], "arms are paired seed by seed"
     assert a["replicate"] == b["replicate"] == 0
 
@@ -98,21 +163,79 @@ def test_joint_mode_searches_the_activation_as_one_parameter():
     assert "arm" in study.trials[0].distributions
 
 
+def test_studies_name_their_metric_and_carry_arm_and_replicate():
+    cfg = _cfg("search.num_samples=1", "search.replicates=2")
+    for cell, study in make_searcher(cfg, storage=None).studies.items():
+        arm, r = cell.split("/r")
+        assert study.metric_names == ["best_val_accuracy"], "no 'Objective 0'"
+        assert study.user_attrs == {"arm": arm, "replicate": int(r), "activation": arm, "objective": "best"}
+    joint = next(iter(make_searcher(_cfg("search.mode=joint"), storage=None).studies.values()))
+    assert joint.user_attrs["arm"] == "joint" and joint.user_attrs["replicate"] == 0
+
+
 def test_scheduler_stop_is_told_to_optuna_as_pruned_with_the_value_it_stopped_at():
     cfg = _cfg("search.num_samples=2")
     searcher = make_searcher(cfg, storage=None)
     searcher.suggest("a")
     searcher.suggest("b")
-    searcher.on_trial_result("a", {"val_accuracy": 0.3, "training_iteration": 1})
+    searcher.on_trial_result("a", {"best_val_accuracy": 0.3, "training_iteration": 1})
     # Tune never passes the result on which ASHA says STOP to on_trial_result:
-    searcher.on_trial_complete("a", {"val_accuracy": 0.35, "epoch": 2.0, "target_epochs": 9.0,
-                                     "diverged": 0.0, "training_iteration": 2})
-    searcher.on_trial_complete("b", {"val_accuracy": 0.5, "epoch": 9.0, "target_epochs": 9.0,
-                                     "diverged": 0.0, "training_iteration": 9})
-    trials = {cell: study.trials[0] for cell, study in searcher.studies.items()}
-    assert trials["relu/r0"].state == optuna.trial.TrialState.PRUNED
-    assert trials["relu/r0"].intermediate_values == {1: 0.3, 2: 0.35}
-    assert trials["selu/r0"].state == optuna.trial.TrialState.COMPLETE
+    searcher.on_trial_complete("a", {"best_val_accuracy": 0.35, "best_epoch": 2.0, "epoch": 2.0,
+                                     "target_epochs": 9.0, "diverged": 0.0, "training_iteration": 2})
+    trial = searcher.studies["relu/r0"].trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.intermediate_values == {1: 0.3, 2: 0.35}
+    assert trial.user_attrs["epochs_trained"] == 2
+
+
+def test_a_complete_trial_holds_its_last_epoch_and_the_epochs_of_its_best():
+    """Under ASHA a trial's last epoch is a STOP (max_t), which Tune never passes to
+    on_trial_result: the searcher reports it, and records the epoch of the best as ``epochs``."""
+    searcher = make_searcher(_cfg("search.num_samples=1", "search.max_epochs=3"), storage=None)
+    searcher.suggest("a")
+    for step, best in ((1, 0.3), (2, 0.5)):
+        searcher.on_trial_result("a", {"best_val_accuracy": best, "training_iteration": step})
+    searcher.on_trial_complete("a", {"best_val_accuracy": 0.5, "best_epoch": 2.0, "epoch": 3.0,
+                                     "target_epochs": 3.0, "diverged": 0.0, "training_iteration": 3})
+    trial = searcher.studies["relu/r0"].trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == 0.5
+    assert trial.intermediate_values == {1: 0.3, 2: 0.5, 3: 0.5}
+    assert trial.user_attrs["epochs"] == 2 and trial.user_attrs["epochs_trained"] == 3
+    assert chosen_epochs({"best_epoch": 2.0, "epoch": 3.0}, "best") == 2
+    assert chosen_epochs({"best_epoch": 2.0, "epoch": 3.0}, "final") == 3
+
+
+def _result_sequence(scheduler, values):
+    """Feed (trial, epoch, value) results; the actions ASHA takes."""
+    class _Trial:
+        def __init__(self, trial_id, arm):
+            self.trial_id, self.config = trial_id, {"arm": arm, "replicate": 0}
+    trials = {}
+    actions = []
+    for (arm, i), epoch, value in values:
+        trial = trials.setdefault((arm, i), _Trial(f"{arm}{i}", arm))
+        if epoch == 1:
+            scheduler.on_trial_add(None, trial)
+        actions.append(scheduler.on_trial_result(None, trial, {"training_iteration": epoch,
+                                                                "best_val_accuracy": value}))
+    return actions
+
+
+def test_per_cell_asha_treats_the_arms_alike_first_trial_at_a_rung_included():
+    """Ray lets the first trial to reach an empty rung continue: per cell, that is trial 0, the same
+    design point in every arm. The same results in two cells get the same decisions, whatever
+    the other cell records (here selu's values are all higher, interleaved with relu's)."""
+    scheduler = PerCellScheduler(["relu/r0", "selu/r0"], metric="best_val_accuracy", mode="max", max_t=9,
+                                 grace_period=1, reduction_factor=3)
+    curve = {0: [0.2, 0.25, 0.3], 1: [0.1, 0.12, 0.13], 2: [0.3, 0.4, 0.5], 3: [0.15, 0.2, 0.25]}
+    events = [((arm, i), epoch, value + (0.4 if arm == "selu" else 0.0))
+              for i in range(4) for epoch, value in zip((1, 3, 9), curve[i]) for arm in ("relu", "selu")]
+    actions = _result_sequence(scheduler, events)
+    relu = [a for (cell, _, _), a in zip(events, actions) if cell[0] == "relu"]
+    selu = [a for (cell, _, _), a in zip(events, actions) if cell[0] == "selu"]
+    assert relu == selu
+    assert relu[:3] == ["CONTINUE", "CONTINUE", "STOP"], "trial 0 (first at every rung) runs to max_t"
+    assert "STOP" in relu[3:6], "a weak later trial is stopped"
 
 
 def test_the_private_optuna_search_attributes_we_rely_on_exist():
@@ -144,16 +267,17 @@ def test_restore_fails_orphaned_running_study_trials(tmp_path):
 
 
 def test_asha_stop_is_marked_as_stopped_early_end_to_end(ray_local, tiny_dataset, tmp_path):
-    """A real Tune run: the second trial (lr 1e-7, learns nothing) is cut by ASHA at epoch 1."""
+    """A real Tune run: the second trial (lr 1e-7, learns nothing) is cut by ASHA at epoch 1; the
+    first runs to max_t, where ASHA says STOP too, and its study trial still holds epoch 3."""
     cfg = _cfg("search.mode=joint")
     settings = {a.name: a.settings(cfg.train) for a in cfg.arms}
     space = {"arm": optuna.distributions.CategoricalDistribution(["relu", "selu"]),
              "lr": optuna.distributions.FloatDistribution(1e-7, 1e-2, log=True)}
     searcher = ArmOptunaSearch(space, arm_settings=settings, fixed_arm=None, replicate=0, search_seed=0,
-                               metric="val_accuracy", mode="max",
+                               metric="val_accuracy", mode="max", objective="final",
                                points_to_evaluate=[{"arm": "relu", "lr": 3e-3}, {"arm": "relu", "lr": 1e-7}])
-    scheduler = PerArmScheduler(["relu/r0", "selu/r0"], metric="val_accuracy", mode="max", max_t=3,
-                                grace_period=1, reduction_factor=2)
+    scheduler = PerCellScheduler(["relu/r0", "selu/r0"], metric="val_accuracy", mode="max", max_t=3,
+                                 grace_period=1, reduction_factor=2)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_cnn, data=tiny_dataset), {"cpu": 1}),
         param_space={"epochs": 3},
@@ -162,8 +286,11 @@ def test_asha_stop_is_marked_as_stopped_early_end_to_end(ray_local, tiny_dataset
         run_config=tune.RunConfig(storage_path=str(tmp_path), name="search", verbose=0))
     results = tuner.fit()
     assert not results.errors
-    states = [t.state for t in searcher.study.trials]
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    complete, pruned = searcher.study.trials
+    states = optuna.trial.TrialState
+    assert [complete.state, pruned.state] == [states.COMPLETE, states.PRUNED]
+    assert sorted(complete.intermediate_values) == [1, 2, 3] and complete.user_attrs["epochs"] == 3
+    assert sorted(pruned.intermediate_values) == [1]
     trials = load_results([tmp_path / "search"]).trials.sort_values("lr", ascending=False)
     assert trials["status"].tolist() == ["finished", "stopped_early"]
     assert trials["n_epochs"].tolist() == [3, 1]
