@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Iterable
 from typing import Any
 
 import optuna
@@ -236,16 +237,21 @@ def reference_points(cfg: SweepConfig, arm: str | None) -> list[dict[str, Any]]:
     return [{"arm": arm, **point}] if arm else [point]
 
 
+def _replicates(cfg: SweepConfig, replicates: Iterable[int] | None) -> list[int]:
+    return list(range(cfg.search.replicates) if replicates is None else replicates)
+
+
 def make_searcher(cfg: SweepConfig, storage: optuna.storages.BaseStorage | None, experiment_id: str = "x",
-                  mode: str = "max"):
-    """One ArmOptunaSearch per cell (arm x replicate, or replicate in joint mode) under a
-    StratifiedSearch that gives every cell ``search.num_samples`` trials."""
+                  mode: str = "max", replicates: Iterable[int] | None = None):
+    """One ArmOptunaSearch per cell (arm x replicate, or replicate in joint mode) of the given
+    ``replicates`` (default: all) under a StratifiedSearch that gives every cell
+    ``search.num_samples`` trials."""
     s = cfg.search
     settings = {arm.name: arm.settings(cfg.train) for arm in cfg.arms}
     distributions = optuna_distributions(s.space)
     common = dict(metric=s.metric, mode=mode, storage=storage, arm_settings=settings, search_seed=s.seed)
     searchers = {}
-    for r in range(s.replicates):
+    for r in _replicates(cfg, replicates):
         extra = {"split_seed": seeds.split_seed(cfg.data.split_seed, r, cfg.data.vary_split)} \
             if cfg.data.vary_split else {}
 
@@ -268,19 +274,19 @@ def make_searcher(cfg: SweepConfig, storage: optuna.storages.BaseStorage | None,
     return StratifiedSearch(searchers, per_arm=s.num_samples, metric=s.metric, mode=mode)
 
 
-def total_search_trials(cfg: SweepConfig) -> int:
+def total_search_trials(cfg: SweepConfig, replicates: Iterable[int] | None = None) -> int:
     cells = len(cfg.arms) if cfg.search.mode == "stratified" else 1
-    return cfg.search.num_samples * cells * cfg.search.replicates
+    return cfg.search.num_samples * cells * len(_replicates(cfg, replicates))
 
 
-def make_scheduler(cfg: SweepConfig):
+def make_scheduler(cfg: SweepConfig, replicates: Iterable[int] | None = None):
     """ASHA per cell (arm x replicate, or replicate when joint); FIFO when early stopping is off."""
     es = cfg.search.early_stopping
     if not es.enabled:
         return FIFOScheduler()
     max_t = cfg.max_epochs()
     joint = cfg.search.mode == "joint"
-    cells = [cell_of({"arm": a.name, "replicate": r}, joint) for r in range(cfg.search.replicates)
+    cells = [cell_of({"arm": a.name, "replicate": r}, joint) for r in _replicates(cfg, replicates)
              for a in (cfg.arms[:1] if joint else cfg.arms)]
     return PerArmScheduler(cells, metric=cfg.search.metric, mode="max", max_t=max_t,
                            grace_period=es.grace_period, reduction_factor=es.reduction_factor, joint=joint)
