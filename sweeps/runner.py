@@ -513,23 +513,34 @@ def look_line(decision: dict) -> str:
     if isinstance(diff, (int, float)):
         text = f"difference {diff:+.2f} points"
         if isinstance(ci, dict) and isinstance(ci.get("low"), (int, float)):
-            text += f", {ci.get('level', '')} CI [{ci['low']:+.2f}, {ci['high']:+.2f}]".replace(" ,", ",")
+            level = ci.get("level")
+            if isinstance(level, (int, float)):
+                level = f"{level:.0%} " if level < 1 else f"{level:g}% "
+            else:
+                level = ""
+            text += f", {level}CI [{ci['low']:+.2f}, {ci['high']:+.2f}]"
         elif isinstance(ci, (list, tuple)) and len(ci) == 2:
             text += f", CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
         parts.append(text)
     if isinstance(decision.get("p_value"), (int, float)):
         parts.append(f"p {decision['p_value']:.3g}")
-    if decision.get("boundary") is not None:
-        parts.append(f"boundary {decision['boundary']}")
+    boundary = decision.get("boundary")
+    if isinstance(boundary, dict):
+        parts.append("boundary " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                                             for k, v in boundary.items()))
+    elif boundary is not None:
+        parts.append(f"boundary {boundary}")
     return "; ".join(parts)
 
 
 def _sweep_started(exp: Experiment) -> float:
     """When the sweep first started (``runs.jsonl``), as a Unix time; now if unknown."""
+    from datetime import datetime
+
     text = exp.read_text(RUNS_FILE) or ""
     for line in text.splitlines():
         try:
-            return time.mktime(time.strptime(json.loads(line)["time"][:19], "%Y-%m-%dT%H:%M:%S"))
+            return datetime.strptime(json.loads(line)["time"], "%Y-%m-%dT%H:%M:%S%z").timestamp()
         except (ValueError, KeyError, TypeError):
             continue
     return time.time()
@@ -550,7 +561,8 @@ def _over_budget(cfg: SweepConfig, started: float, completed: int, now: float) -
             f"at {completed} replicates")
 
 
-def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainable, exp_id: str) -> int:
+def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainable, exp_id: str,
+                clock=time.time) -> int:
     """Search and confirm each batch of replicates in turn (a sequential plan looks after each
     batch from ``min`` on and stops when decided); returns the number of failed confirmation trials."""
     confirming = cfg.confirm.enabled and not options.skip_confirm
@@ -566,7 +578,7 @@ def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainabl
                 print(f"search.replicates: a sequential plan looks at confirmed replicates; without the "
                       f"confirmation it stops at {reps[0]}", flush=True)
                 break
-            why = _over_budget(cfg, started, reps[0], time.time())
+            why = _over_budget(cfg, started, reps[0], clock())
             if why:
                 print(why, flush=True)
                 break

@@ -279,3 +279,133 @@ def test_searcher_scheduler_and_progress_table_unpickle_without_the_project(tmp_
     assert proc.stdout.decode().split() == [
         "StratifiedSearch", "['relu/r0',", "'relu/r1',", "'selu/r0',", "'selu/r1']", "PerArmScheduler",
         "val_accuracy", "ProgressTable"]
+
+
+# --------------------------------------------------------------------------------------------
+# Replicates until decided: the loop, with the stages and the look replaced by fakes. The look is
+# analysis.sequential.look (design.md §3); this fake stands in for it in these tests only.
+
+
+class _FakeSequential:
+    """``analysis.sequential`` as design.md §3 specifies it: a Plan, and a look that decides
+    ``decisions[R]`` at R complete pairs ("continue" when absent and not final)."""
+
+    def __init__(self, decisions: dict[int, str]):
+        self.decisions, self.looks = decisions, []
+
+    def plan_from_config(self, config):
+        plan = config["search"]["replicates"]
+        return {"min_replicates": plan["min"], "max_replicates": plan["max"]}
+
+    def look(self, trials, plan, *, margin_points, metric=None, final=False):
+        pairs = int(trials[trials["stage"] == "confirm"]["replicate"].nunique())
+        self.looks.append((pairs, final, margin_points))
+        decision = self.decisions.get(pairs, "undecided" if final else "continue")
+        return {"decision": decision, "winner": "selu" if decision == "winner" else None,
+                "replicates": pairs,
+                "look": pairs - plan["min_replicates"] + 1,
+                "looks_planned": plan["max_replicates"] - plan["min_replicates"] + 1,
+                "difference": 1.5, "ci": {"level": 0.95, "low": 0.5, "high": 2.5}, "p_value": 0.01,
+                "boundary": {"critical_t": 3.1}, "test": "fake"}
+
+
+def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=None):
+    """The runner's loop over fake stages: each confirmed batch writes its replicates' trials into
+    a handmade trials table that the fake look reads. Returns (ran batches, fake sequential)."""
+    import sys
+
+    import pandas as pd
+
+    from sweeps.config import load_config
+    from sweeps.experiment import Experiment
+
+    plan = {"min": 3, "max": 6}
+    if budget_minutes is not None:
+        plan["budget_minutes"] = budget_minutes
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={tmp_path}",
+                                                  f"search.replicates={json.dumps(plan)}"])
+    fake = _FakeSequential(decisions)
+    monkeypatch.setitem(sys.modules, "analysis.sequential", fake)
+    import analysis
+
+    monkeypatch.setattr(analysis, "sequential", fake, raising=False)
+    ran, confirmed = [], []
+
+    class _Grid(list):
+        num_errors = 0
+
+    def search(cfg, exp, trainable, exp_id, batch):
+        ran.append(("search", batch.replicates, batch.first, batch.path(exp)))
+        return _Grid()
+
+    def best(cfg, results, reps):
+        return {f"{a.name}/r{r}": {"lr": 1e-3, "epochs": 2} for r in reps for a in cfg.arms}
+
+    def confirm(cfg, exp, trainable, best, batch):
+        ran.append(("confirm", batch.replicates, batch.first, batch.path(exp)))
+        confirmed.extend(batch.replicates)
+        return _Grid()
+
+    def load(paths):
+        rows = [{"stage": "confirm", "replicate": r, "arm": a} for r in confirmed for a in ("relu", "selu")]
+        return type("R", (), {"trials": pd.DataFrame(rows)})()
+
+    monkeypatch.setattr(runner, "run_search", search)
+    monkeypatch.setattr(runner, "best_configs", best)
+    monkeypatch.setattr(runner, "run_confirm", confirm)
+    monkeypatch.setattr("analysis.load.load_results", load)
+    exp = Experiment(str(tmp_path), cfg.name)
+    Path(exp.path).mkdir(parents=True)
+    (Path(exp.path) / "runs.jsonl").write_text(json.dumps({"time": "2026-01-01T00:00:00+0000"}) + "\n")
+    runner._run_stages(cfg, runner.RunOptions(), exp, trainable=None, exp_id="x", clock=clock or time.time)
+    return ran, fake
+
+
+def test_a_sequential_plan_runs_min_replicates_together_then_one_at_a_time_until_decided(
+        monkeypatch, tmp_path, capsys):
+    ran, fake = _fake_stages(monkeypatch, tmp_path, decisions={5: "winner"})
+    exp = tmp_path / "smoke"
+    assert ran == [("search", (0, 1, 2), True, f"{exp}/search"),
+                   ("confirm", (0, 1, 2), True, f"{exp}/confirm"),
+                   ("search", (3,), False, f"{exp}/search/replicate-3"),
+                   ("confirm", (3,), False, f"{exp}/confirm/replicate-3"),
+                   ("search", (4,), False, f"{exp}/search/replicate-4"),
+                   ("confirm", (4,), False, f"{exp}/confirm/replicate-4")]
+    # A look after each confirmed batch from min on, at the analysis margin, the last one not final.
+    assert fake.looks == [(3, False, 1.0), (4, False, 1.0), (5, False, 1.0)]
+    looks = [line for line in capsys.readouterr().out.splitlines() if line.startswith("look ")]
+    assert looks[-1].startswith("look 3/4 after 5 replicate pair(s): winner (selu)") and len(looks) == 3
+
+
+def test_a_sequential_plan_stops_at_max_with_a_final_look_or_on_equivalence(monkeypatch, tmp_path):
+    ran, fake = _fake_stages(monkeypatch, tmp_path, decisions={})
+    assert fake.looks[-1] == (6, True, 1.0) and len(fake.looks) == 4
+    assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,), (4,), (5,)]
+    ran, fake = _fake_stages(monkeypatch, tmp_path / "eq", decisions={3: "equivalent"})
+    assert [b for stage, b, _, _ in ran] == [(0, 1, 2), (0, 1, 2)] and len(fake.looks) == 1
+
+
+def test_a_replicate_that_would_end_after_the_budget_is_not_started(monkeypatch, tmp_path, capsys):
+    """Budget 50 min; the sweep started at 00:00. After 3 replicates at 00:30 (10 min each) a 4th
+    would end at 40 min: it runs; after it, at 00:45 (11.25 min each), a 5th would end at 56 min."""
+    import calendar
+
+    t0 = calendar.timegm((2026, 1, 1, 0, 0, 0))
+    now = iter([t0 + 30 * 60, t0 + 45 * 60])
+    ran, _ = _fake_stages(monkeypatch, tmp_path, decisions={}, budget_minutes=50,
+                          clock=lambda: next(now))
+    assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,)]
+    out = capsys.readouterr().out
+    assert "budget: another replicate (about 11.2 min) would end at 56.2 of search.replicates." \
+           "budget_minutes 50" in out and "stopping at 4 replicates" in out
+
+
+def test_a_fixed_design_runs_every_replicate_in_one_batch_without_a_look(monkeypatch, tmp_path):
+    from sweeps.config import load_config
+
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.replicates=4"])
+    assert runner.replicate_batches(cfg) == [(0, 1, 2, 3)]
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.replicates={min: 3, max: 5}"])
+    assert runner.replicate_batches(cfg) == [(0, 1, 2), (3,), (4,)]
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.enabled=false", "search.replicates=1"])
+    assert runner.replicate_batches(cfg) == [(0,)]
