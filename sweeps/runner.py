@@ -504,32 +504,30 @@ def look(cfg: SweepConfig, exp: Experiment, final: bool) -> dict:
 
 
 def look_line(decision: dict) -> str:
-    """One line for a look's decision."""
-    parts = [f"look {decision.get('look', '?')}/{decision.get('looks_planned', '?')} after "
-             f"{decision.get('replicates', '?')} replicate pair(s): {decision.get('decision')}"]
+    """One line for a look's decision (``analysis.sequential.look``'s dict)."""
+    head = (f"look {decision.get('look', '?')}/{decision.get('looks_planned', '?')} after "
+            f"{decision.get('replicates', '?')} replicate pair(s): {decision.get('decision')}")
     if decision.get("winner"):
-        parts[0] += f" ({decision['winner']})"
-    diff, ci = decision.get("difference"), decision.get("ci")
+        head += f" ({decision['winner']})"
+    parts = [head]
+    diff, ci, level = decision.get("difference"), decision.get("ci"), decision.get("ci_level")
     if isinstance(diff, (int, float)):
-        text = f"difference {diff:+.2f} points"
-        if isinstance(ci, dict) and isinstance(ci.get("low"), (int, float)):
-            level = ci.get("level")
-            if isinstance(level, (int, float)):
-                level = f"{level:.0%} " if level < 1 else f"{level:g}% "
-            else:
-                level = ""
-            text += f", {level}CI [{ci['low']:+.2f}, {ci['high']:+.2f}]"
-        elif isinstance(ci, (list, tuple)) and len(ci) == 2:
-            text += f", CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
+        pair = f" ({decision['arm_a']} - {decision['arm_b']})" if decision.get("arm_a") else ""
+        text = f"difference{pair} {diff:+.2f} points"
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(v, (int, float)) for v in ci):
+            shown = f"{level:.1%} " if isinstance(level, float) else ""
+            text += f", {shown}CI [{ci[0]:+.2f}, {ci[1]:+.2f}]"
         parts.append(text)
     if isinstance(decision.get("p_value"), (int, float)):
         parts.append(f"p {decision['p_value']:.3g}")
     boundary = decision.get("boundary")
     if isinstance(boundary, dict):
-        parts.append("boundary " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                                             for k, v in boundary.items()))
-    elif boundary is not None:
-        parts.append(f"boundary {boundary}")
+        shown = [f"{key} {boundary[key]:.3g}" for key in ("nominal_alpha", "critical_t")
+                 if isinstance(boundary.get(key), (int, float))]
+        if shown:
+            parts.append("boundary " + ", ".join(shown))
+    if decision.get("reason"):
+        parts.append(str(decision["reason"]))
     return "; ".join(parts)
 
 

@@ -305,8 +305,9 @@ class _FakeSequential:
                 "replicates": pairs,
                 "look": pairs - plan["min_replicates"] + 1,
                 "looks_planned": plan["max_replicates"] - plan["min_replicates"] + 1,
-                "difference": 1.5, "ci": {"level": 0.95, "low": 0.5, "high": 2.5}, "p_value": 0.01,
-                "boundary": {"critical_t": 3.1}, "test": "fake"}
+                "arm_a": "selu", "arm_b": "relu", "difference": 1.5, "ci": [0.5, 2.5], "ci_level": 0.975,
+                "p_value": 0.01, "boundary": {"method": "fake", "nominal_alpha": 0.025, "critical_t": 3.1},
+                "test": "fake", "reason": None}
 
 
 def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=None):
@@ -374,7 +375,10 @@ def test_a_sequential_plan_runs_min_replicates_together_then_one_at_a_time_until
     # A look after each confirmed batch from min on, at the analysis margin, the last one not final.
     assert fake.looks == [(3, False, 1.0), (4, False, 1.0), (5, False, 1.0)]
     looks = [line for line in capsys.readouterr().out.splitlines() if line.startswith("look ")]
-    assert looks[-1].startswith("look 3/4 after 5 replicate pair(s): winner (selu)") and len(looks) == 3
+    assert looks[-1] == ("look 3/4 after 5 replicate pair(s): winner (selu); difference (selu - relu) "
+                         "+1.50 points, 97.5% CI [+0.50, +2.50]; p 0.01; boundary nominal_alpha 0.025, "
+                         "critical_t 3.1")
+    assert len(looks) == 3
 
 
 def test_a_sequential_plan_stops_at_max_with_a_final_look_or_on_equivalence(monkeypatch, tmp_path):
