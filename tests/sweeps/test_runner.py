@@ -413,3 +413,64 @@ def test_a_fixed_design_runs_every_replicate_in_one_batch_without_a_look(monkeyp
     assert runner.replicate_batches(cfg) == [(0, 1, 2), (3,), (4,)]
     cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.enabled=false", "search.replicates=1"])
     assert runner.replicate_batches(cfg) == [(0,)]
+
+
+# --------------------------------------------------------------------------------------------
+# Completion records: a trial's end survives a driver killed before Tune's next snapshot
+
+
+def _three_epochs(config):
+    from ray import tune
+
+    for epoch in range(1, 4):
+        tune.report({"epoch": float(epoch), "target_epochs": 3.0, "val_accuracy": 0.1 * epoch,
+                     "diverged": 0.0})
+
+
+def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_local, tmp_path):
+    """Real Tune files: two trials end (each writes done.json); then Tune's state is rolled back to
+    what a snapshot taken before trial 0's last epoch holds (RUNNING, last result epoch 2, its
+    result.json without epoch 3). ``trust_completion_records`` restores the end from done.json."""
+    from ray import tune
+
+    tuner = tune.Tuner(_three_epochs, param_space={"k": tune.grid_search([0, 1])},
+                       run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path), verbose=0,
+                                                 callbacks=[runner.CompletionRecords()]))
+    tuner.fit()
+    stage = tmp_path / "stage"
+    (state_file,) = stage.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    meta = json.loads(state["trial_data"][0][1])
+    tdir = stage / trial["relative_logdir"]
+    record = json.loads((tdir / "done.json").read_text())
+    assert record["trial_id"] == trial["trial_id"] and record["last_result"]["epoch"] == 3.0
+    final = meta["last_result"]
+    trial["status"] = "RUNNING"
+    meta["last_result"] = {**final, "epoch": 2.0, "training_iteration": 2}
+    state["trial_data"][0] = [json.dumps(trial), json.dumps(meta)]
+    state_file.write_text(json.dumps(state))
+    lines = (tdir / "result.json").read_text().splitlines()
+    (tdir / "result.json").write_text("\n".join(lines[:2]) + "\n")
+    other = stage / json.loads(state["trial_data"][1][0])["relative_logdir"] / "result.json"
+    other_before = other.read_bytes()
+
+    assert runner.trust_completion_records(str(stage)) == 1
+    assert runner.trust_completion_records(str(stage)) == 0  # nothing left to mark
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(stage))
+    by_id = {t.trial_id: t for t in analysis.trials}
+    assert by_id[trial["trial_id"]].status == "TERMINATED"
+    assert by_id[trial["trial_id"]].last_result["epoch"] == 3.0
+    epochs = [json.loads(line)["epoch"] for line in (tdir / "result.json").read_text().splitlines()]
+    assert epochs == [1.0, 2.0, 3.0]
+    assert other.read_bytes() == other_before
+
+    # A record that belongs to another trial (a reused directory name) is not trusted.
+    trial["status"] = "RUNNING"
+    state = json.loads(state_file.read_text())
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    (tdir / "done.json").write_text(json.dumps({**record, "trial_id": "someone-else"}))
+    assert runner.trust_completion_records(str(stage)) == 0
