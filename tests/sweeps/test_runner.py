@@ -122,7 +122,7 @@ def _run_and_kill(tmp_path: Path, args: list, stage: str, after: int) -> dict[st
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         stage_dir = tmp_path / "killed" / stage
-        deadline = time.time() + 300
+        deadline = time.time() + 900  # generous: the guard against a hang, not a speed test
         while time.time() < deadline and proc.poll() is None:
             if len([p for p in stage_dir.glob("*/result.json") if _finished(p)]) >= after:
                 time.sleep(2)  # a kill seconds after trials finished must lose none of them
@@ -139,7 +139,8 @@ def _run_and_kill(tmp_path: Path, args: list, stage: str, after: int) -> dict[st
 
 def _resume_and_check(tmp_path: Path, finished_before: dict[str, float], search_trials: int, seeds: int):
     cmd, env = _cli("--name", "killed", "--storage-path", tmp_path, "--resume", "--no-report")
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     exp = tmp_path / "killed"
     assert len(_epochs_by_trial(exp / "search")) == 2 * search_trials
