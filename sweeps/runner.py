@@ -559,6 +559,12 @@ def _over_budget(cfg: SweepConfig, started: float, completed: int, now: float) -
             f"at {completed} replicates")
 
 
+def _started(exp: Experiment, batch: Batch) -> bool:
+    from ray import tune
+
+    return tune.Tuner.can_restore(batch.path(exp))
+
+
 def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainable, exp_id: str,
                 clock=time.time) -> int:
     """Search and confirm each batch of replicates in turn (a sequential plan looks after each
@@ -571,16 +577,17 @@ def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainabl
     failed = 0
     for i, reps in enumerate(replicate_batches(cfg)):
         first = i == 0
+        search = Batch(SEARCH, reps, first)
         if not first:
             if not confirming:
                 print(f"search.replicates: a sequential plan looks at confirmed replicates; without the "
                       f"confirmation it stops at {reps[0]}", flush=True)
                 break
-            why = _over_budget(cfg, started, reps[0], clock())
+            # A replicate already started (a resumed sweep) is finished whatever the budget says.
+            why = None if _started(exp, search) else _over_budget(cfg, started, reps[0], clock())
             if why:
                 print(why, flush=True)
                 break
-        search = Batch(SEARCH, reps, first)
         if options.confirm_only:
             results = _search_results(exp, trainable, search)
             if results is None:

@@ -311,7 +311,7 @@ class _FakeSequential:
                 "test": "fake", "reason": None}
 
 
-def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=None):
+def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=None, started=()):
     """The runner's loop over fake stages: each confirmed batch writes its replicates' trials into
     a handmade trials table that the fake look reads. Returns (ran batches, fake sequential)."""
     import sys
@@ -356,6 +356,7 @@ def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=No
     monkeypatch.setattr(runner, "best_configs", best)
     monkeypatch.setattr(runner, "run_confirm", confirm)
     monkeypatch.setattr("analysis.load.load_results", load)
+    monkeypatch.setattr(runner, "_started", lambda exp, batch: batch.replicates in started)
     exp = Experiment(str(tmp_path), cfg.name)
     Path(exp.path).mkdir(parents=True)
     (Path(exp.path) / "runs.jsonl").write_text(json.dumps({"time": "2026-01-01T00:00:00+0000"}) + "\n")
@@ -403,6 +404,11 @@ def test_a_replicate_that_would_end_after_the_budget_is_not_started(monkeypatch,
     out = capsys.readouterr().out
     assert "budget: another replicate (about 11.2 min) would end at 56.2 of search.replicates." \
            "budget_minutes 50" in out and "stopping at 4 replicates" in out
+    # Resumed after the budget: a replicate that had started is finished, no new one is begun.
+    now = iter([t0 + 90 * 60, t0 + 95 * 60])
+    ran, _ = _fake_stages(monkeypatch, tmp_path / "again", decisions={}, budget_minutes=50,
+                          clock=lambda: next(now), started=[(3,)])
+    assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,)]
 
 
 def test_a_fixed_design_runs_every_replicate_in_one_batch_without_a_look(monkeypatch, tmp_path):
