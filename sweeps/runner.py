@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.contract import CONFIRM, DONE_FILE, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
+from analysis.contract import CONFIRM, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers
+from sweeps.completion import CompletionRecords, trust_completion_records
 from sweeps.config import ConfigError, Replicates, SweepConfig
 from sweeps.experiment import Experiment, redact
 from sweeps.prepare import (
@@ -71,8 +72,10 @@ trial_dirname = "{0.config[arm]}_{0.trial_id}".format
 # ``tune.Tuner.restore(path, trainable=train_cnn).get_results()`` also works where the project is
 # not installed (any function named ``train_cnn`` will do as the trainable). The modules: the
 # searcher and scheduler (sweeps.search, using sweeps.seeds), the progress callback
-# (sweeps.progress) and the tracker callbacks (sweeps.trackers).
-PICKLED_BY_VALUE = ("sweeps.search", "sweeps.seeds", "sweeps.progress", "sweeps.trackers")
+# (sweeps.progress), the tracker callbacks (sweeps.trackers) and the completion records
+# (sweeps.completion).
+PICKLED_BY_VALUE = ("sweeps.search", "sweeps.seeds", "sweeps.progress", "sweeps.trackers",
+                    "sweeps.completion")
 
 
 def pickle_project_by_value() -> None:
@@ -213,121 +216,6 @@ def install_stop_handlers() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _on_stop_signal)
-
-
-# --------------------------------------------------------------------------------------------
-# Completion records: a trial's end, written durably into its own directory
-
-
-class CompletionRecords:
-    """Tune callback: when a trial ends (its last epoch, a scheduler stop or divergence), write
-    ``done.json`` into the trial's directory (atomically) before the driver moves on.
-
-    Tune saves its experiment state in the background, at most once a second; a driver killed in
-    between would, on ``--resume``, restore a trial that had ended as still running and train it
-    again. :func:`trust_completion_records` reads these records back before the restore.
-    """
-
-    def __new__(cls):
-        from ray.tune import Callback
-
-        class _Records(Callback):
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                write_completion_record(trial)
-
-        return _Records()
-
-
-def _fs_and_path(path: str):
-    from ray.train._internal.storage import get_fs_and_path
-
-    return get_fs_and_path(path)
-
-
-def _write_atomic(fs, path: str, data: bytes) -> None:
-    import pyarrow.fs
-
-    if isinstance(fs, pyarrow.fs.LocalFileSystem):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:  # an object store writes an object whole or not at all
-        with fs.open_output_stream(path) as f:
-            f.write(data)
-
-
-def _read(fs, path: str) -> bytes | None:
-    try:
-        with fs.open_input_stream(path) as f:
-            return f.readall()
-    except (FileNotFoundError, OSError):
-        return None
-
-
-def write_completion_record(trial) -> None:
-    from ray.tune.utils.util import SafeFallbackEncoder
-
-    result = dict(trial.last_result or {})
-    if not result:
-        return
-    record = {"trial_id": trial.trial_id, "epoch": result.get("epoch"), "last_result": result}
-    fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
-    fs.create_dir(path, recursive=True)
-    _write_atomic(fs, f"{path}/{DONE_FILE}", json.dumps(record, cls=SafeFallbackEncoder).encode())
-
-
-def trust_completion_records(stage_path: str) -> int:
-    """Mark as TERMINATED, in the newest experiment state of a stage, every unfinished trial whose
-    ``done.json`` says it ended (with its last result), and append that result to its
-    ``result.json`` if the snapshot of that file predates it. Returns how many trials it marked.
-
-    Tune's state file is JSON; each trial is a JSON string (status, trial_id, relative_logdir) and
-    its run metadata another (last_result). Nothing else is changed.
-    """
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-    from ray.tune.utils.util import SafeFallbackEncoder
-
-    fs, fs_path = _fs_and_path(stage_path)
-    state_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
-    raw = _read(fs, state_path) if state_path else None
-    if raw is None:
-        return 0
-    state = json.loads(raw)
-    marked = 0
-    for item in state.get("trial_data", []):
-        trial = json.loads(item[0])
-        if trial.get("status") not in ("RUNNING", "PENDING", "PAUSED"):
-            continue
-        tdir = f"{fs_path}/{os.path.basename(str(trial.get('relative_logdir', '')))}"
-        data = _read(fs, f"{tdir}/{DONE_FILE}")
-        if data is None:
-            continue
-        try:
-            record = json.loads(data)
-        except ValueError:
-            continue
-        if record.get("trial_id") != trial.get("trial_id") or not isinstance(record.get("last_result"), dict):
-            continue
-        last = record["last_result"]
-        meta = json.loads(item[1])
-        meta["last_result"] = last
-        trial["status"] = "TERMINATED"
-        item[0], item[1] = json.dumps(trial, indent=2), json.dumps(meta, indent=2)
-        lines = [ln for ln in (_read(fs, f"{tdir}/result.json") or b"").splitlines() if ln.strip()]
-        try:
-            logged = json.loads(lines[-1]).get("training_iteration", 0) if lines else 0
-        except ValueError:
-            logged = 0
-        if logged < last.get("training_iteration", 0):
-            lines.append(json.dumps(last, cls=SafeFallbackEncoder).encode())
-            _write_atomic(fs, f"{tdir}/result.json", b"\n".join(lines) + b"\n")
-        marked += 1
-    if marked:
-        _write_atomic(fs, state_path, json.dumps(state).encode())
-    return marked
 
 
 # --------------------------------------------------------------------------------------------

@@ -258,28 +258,30 @@ class Refuse:
 
 sys.meta_path.insert(0, Refuse())
 from ray import cloudpickle
-searcher, scheduler, progress = cloudpickle.loads(sys.stdin.buffer.read())
+searcher, scheduler, progress, records = cloudpickle.loads(sys.stdin.buffer.read())
 print(type(searcher).__name__, sorted(searcher._searchers), type(scheduler).__name__, scheduler._metric,
-      type(progress).__name__)
+      type(progress).__name__, type(records).__name__)
 """
 
 
 def test_searcher_scheduler_and_progress_table_unpickle_without_the_project(tmp_path):
     from ray import cloudpickle
 
+    from sweeps.completion import CompletionRecords
     from sweeps.progress import ProgressTable
     from sweeps.search import make_scheduler, make_searcher
 
     cfg = load_config(CONFIG_DIR / "smoke.yaml")
     runner.pickle_project_by_value()
-    data = cloudpickle.dumps((make_searcher(cfg, None), make_scheduler(cfg), ProgressTable("search", 8, 16)))
+    data = cloudpickle.dumps((make_searcher(cfg, None), make_scheduler(cfg), ProgressTable("search", 8, 16),
+                              CompletionRecords()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run([sys.executable, "-I", "-c", LOAD_WITHOUT_PROJECT], input=data, env=env,
                           cwd=tmp_path, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.decode().split() == [
         "StratifiedSearch", "['relu/r0',", "'relu/r1',", "'selu/r0',", "'selu/r1']", "PerArmScheduler",
-        "val_accuracy", "ProgressTable"]
+        "val_accuracy", "ProgressTable", "CompletionRecords"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,9 +442,11 @@ def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_lo
     result.json without epoch 3). ``trust_completion_records`` restores the end from done.json."""
     from ray import tune
 
+    from sweeps.completion import CompletionRecords, trust_completion_records
+
     tuner = tune.Tuner(_three_epochs, param_space={"k": tune.grid_search([0, 1])},
                        run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path), verbose=0,
-                                                 callbacks=[runner.CompletionRecords()]))
+                                                 callbacks=[CompletionRecords()]))
     tuner.fit()
     stage = tmp_path / "stage"
     (state_file,) = stage.glob("experiment_state-*.json")
@@ -462,8 +466,8 @@ def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_lo
     other = stage / json.loads(state["trial_data"][1][0])["relative_logdir"] / "result.json"
     other_before = other.read_bytes()
 
-    assert runner.trust_completion_records(str(stage)) == 1
-    assert runner.trust_completion_records(str(stage)) == 0  # nothing left to mark
+    assert trust_completion_records(str(stage)) == 1
+    assert trust_completion_records(str(stage)) == 0  # nothing left to mark
     from ray.tune import ExperimentAnalysis
 
     analysis = ExperimentAnalysis(str(stage))
@@ -480,4 +484,4 @@ def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_lo
     state["trial_data"][0][0] = json.dumps(trial)
     state_file.write_text(json.dumps(state))
     (tdir / "done.json").write_text(json.dumps({**record, "trial_id": "someone-else"}))
-    assert runner.trust_completion_records(str(stage)) == 0
+    assert trust_completion_records(str(stage)) == 0
