@@ -20,6 +20,7 @@ REPORT_DIR = "report"         # the analysis report
 VERDICT_FILE = "verdict.json"  # the verdict for machines, in REPORT_DIR
 DONE_FILE = "done.json"       # in a trial's directory: its end, recorded before the driver moves on
 REPLICATE_DIR_PREFIX = "replicate-"  # <stage>/replicate-<r>/: a later replicate's Tune experiment
+SNAPSHOT_DIR = ".last-snapshot"  # <stage>/.last-snapshot/: a whole copy of Tune's latest snapshot
 
 # --------------------------------------------------------------------------- stages
 SEARCH, CONFIRM = "search", "confirm"

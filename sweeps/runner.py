@@ -24,7 +24,7 @@ from typing import Any
 
 from analysis.contract import CONFIRM, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers
-from sweeps.completion import CompletionRecords, trust_completion_records
+from sweeps.completion import CompletionRecords, restore_snapshot, trust_completion_records
 from sweeps.config import ConfigError, Replicates, SweepConfig
 from sweeps.experiment import Experiment, redact
 from sweeps.prepare import (
@@ -254,6 +254,8 @@ def _fit(cfg: SweepConfig, exp: Experiment, batch: Batch, trainable, make_tuner,
     path = batch.path(exp)
     if tune.Tuner.can_restore(path):
         try:
+            if not exp.remote:
+                restore_snapshot(path)  # Tune's own copy may be cut short by a kill
             trust_completion_records(path)
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         except Exception as exc:  # a damaged experiment state: say so instead of a traceback

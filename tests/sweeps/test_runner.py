@@ -485,3 +485,28 @@ def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_lo
     state_file.write_text(json.dumps(state))
     (tdir / "done.json").write_text(json.dumps({**record, "trial_id": "someone-else"}))
     assert trust_completion_records(str(stage)) == 0
+
+
+def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray_local, tmp_path):
+    """Tune copies its snapshot to local storage in place, in the background: a kill during the copy
+    leaves an empty experiment_state file (the SIGKILL test hit it). CompletionRecords keeps a whole
+    copy after every snapshot; restore_snapshot puts it back and Tune restores from it."""
+    from ray import tune
+
+    from sweeps.completion import CompletionRecords, restore_snapshot
+
+    tuner = tune.Tuner(_three_epochs, param_space={"k": tune.grid_search([0, 1])},
+                       run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path), verbose=0,
+                                                 callbacks=[CompletionRecords()]))
+    tuner.fit()
+    stage = tmp_path / "stage"
+    (state_file,) = stage.glob("experiment_state-*.json")
+    whole = state_file.read_bytes()
+    snap = stage / ".last-snapshot"
+    assert (snap / state_file.name).read_bytes() == whole  # the copy holds the final state
+    assert restore_snapshot(str(stage)) == []  # Tune's own state is whole and as new: kept
+    state_file.write_bytes(b"")  # what the kill left
+    assert state_file.name in restore_snapshot(str(stage))
+    assert state_file.read_bytes() == whole
+    restored = tune.Tuner.restore(str(stage), trainable=_three_epochs).get_results()
+    assert sorted(r.metrics["epoch"] for r in restored) == [3.0, 3.0]
