@@ -18,10 +18,14 @@ RUNS_FILE = "runs.jsonl"      # one line per start or resume: time, host, comman
 OPTUNA_DB = "optuna.db"       # the Optuna studies (SQLite), unless search.optuna_storage names a database
 REPORT_DIR = "report"         # the analysis report
 VERDICT_FILE = "verdict.json"  # the verdict for machines, in REPORT_DIR
+DONE_FILE = "done.json"       # in a trial's directory: its end, recorded before the driver moves on
+REPLICATE_DIR_PREFIX = "replicate-"  # <stage>/replicate-<r>/: a later replicate's Tune experiment
+SNAPSHOT_DIR = ".last-snapshot"  # <stage>/.last-snapshot/: a whole copy of Tune's latest snapshot
 
 # --------------------------------------------------------------------------- stages
 SEARCH, CONFIRM = "search", "confirm"
-STAGES = (SEARCH, CONFIRM)    # each a Ray Tune experiment directory of that name
+STAGES = (SEARCH, CONFIRM)    # each a Ray Tune experiment directory of that name (the first batch of
+                              # replicates), holding one per later replicate of a sequential plan
 
 # --------------------------------------------------------------------------- trial statuses
 FINISHED = "finished"            # ran every planned epoch

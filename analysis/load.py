@@ -84,6 +84,7 @@ from analysis.contract import (
     FINISHED,
     INCOMPLETE,
     OPTUNA_DB,
+    REPLICATE_DIR_PREFIX,
     SEARCH,
     STAGES,
     STOPPED_EARLY,
@@ -192,13 +193,22 @@ def _exists(p: Path) -> bool:
 
 
 def _stage_dirs(path: Path) -> list[tuple[str, Path]]:
-    """(stage, tune experiment dir) pairs under an experiment directory."""
+    """(stage, tune experiment dir) pairs under an experiment directory: ``<stage>/`` and, for the
+    later replicates of a sequential plan, ``<stage>/replicate-<r>/``."""
     stages = [(s, path / s) for s in STAGES if _is_dir(path / s)]
     if stages:
-        return stages
+        return stages + [(s, sub) for s, d in stages for sub in _replicate_dirs(d)]
     if _trial_dirs(path, []) or _state_files(path):
         return [("", path)]  # a bare Tune experiment; stage comes from each trial's config
     return []
+
+
+def _replicate_dirs(stage_dir: Path) -> list[Path]:
+    try:
+        return sorted((p for p in stage_dir.glob(f"{REPLICATE_DIR_PREFIX}*") if _is_dir(p)),
+                      key=lambda p: (len(p.name), p.name))
+    except OSError:
+        return []
 
 
 def _state_files(stage_dir: Path) -> list[Path]:

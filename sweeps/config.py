@@ -238,13 +238,92 @@ class EarlyStoppingConfig(_Section):
         _at_least(f"{self.KEY}.reduction_factor", self.reduction_factor, 2)
 
 
+MIN_SEQUENTIAL = 3                # the first look of a sequential plan needs at least 3 replicate pairs
+
+
+class Replicates(int):
+    """``search.replicates``: a fixed number R, or a sequential plan ``{min, max, budget_minutes}``.
+
+    The int value is the most replicates the sweep may run (R, or ``max``), so code that sizes
+    per-replicate things (data splits, studies) just uses it as a number. ``min`` is the first
+    look (R for a fixed design: one look, at R); ``budget_minutes`` (optional) is the wall-clock
+    budget: a replicate that would not finish within it is not started.
+    """
+
+    min: int
+    budget_minutes: float | None
+
+    def __new__(cls, maximum: int, minimum: int | None = None, budget_minutes: float | None = None):
+        self = super().__new__(cls, maximum)
+        self.min = int(maximum if minimum is None else minimum)
+        self.budget_minutes = budget_minutes
+        return self
+
+    @property
+    def max(self) -> int:
+        return int(self)
+
+    @property
+    def sequential(self) -> bool:
+        """Whether the sweep looks after each replicate from ``min`` on (a mapping in the config)."""
+        return self.min != int(self) or self.budget_minutes is not None
+
+    def to_yaml(self) -> int | dict[str, Any]:
+        if not self.sequential:
+            return int(self)
+        out: dict[str, Any] = {"min": self.min, "max": int(self)}
+        if self.budget_minutes is not None:
+            out["budget_minutes"] = self.budget_minutes
+        return out
+
+    def __repr__(self) -> str:
+        return f"Replicates({self.to_yaml()!r})"
+
+    def __reduce__(self):
+        return Replicates, (int(self), self.min, self.budget_minutes)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+_REPLICATES_FIX = "give an integer R (a fixed design) or {min: 3, max: 8, budget_minutes: 60} (sequential)"
+
+
+def _parse_replicates(raw: Any, key: str) -> Replicates:
+    """``search.replicates``: an integer >= 1, or a mapping {min >= 3, max >= min, budget_minutes > 0}."""
+    if isinstance(raw, dict):
+        unknown = [k for k in raw if k not in ("min", "max", "budget_minutes")]
+        if unknown:
+            raise _unknown(f"{key}.{unknown[0]}", ("min", "max", "budget_minutes"))
+        if "min" not in raw or "max" not in raw:
+            raise ConfigError(f"{key}: a sequential plan needs min and max; {_REPLICATES_FIX}")
+        low = _coerce(f"{key}.min", raw["min"], int)
+        high = _coerce(f"{key}.max", raw["max"], int)
+        budget = raw.get("budget_minutes")
+        budget = None if budget is None else _coerce(f"{key}.budget_minutes", budget, float)
+        if low < MIN_SEQUENTIAL:
+            raise ConfigError(f"{key}.min: the first look needs at least {MIN_SEQUENTIAL} replicates, "
+                              f"got {low}")
+        if high < low:
+            raise ConfigError(f"{key}.max: must be at least min ({low}), got {high}")
+        if budget is not None and not budget > 0:
+            raise ConfigError(f"{key}.budget_minutes: must be a positive number of minutes, got {budget}")
+        return Replicates(high, low, budget)
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        value = _coerce(key, raw, int)
+        _at_least(key, value, 1)
+        return Replicates(value)
+    raise ConfigError(f"{key}: expected an integer or a mapping, got {str(raw)[:80]!r}; {_REPLICATES_FIX}")
+
+
 @dataclass(frozen=True)
 class SearchConfig(_Section):
     KEY: ClassVar[str] = "search"
     enabled: bool = True
     mode: str = "stratified"
     num_samples: int = 8              # trials per cell (an arm x a replicate; a replicate when joint)
-    replicates: int = 1               # independent repeats of each arm's tuning: the verdict's unit
+    # independent repeats of each arm's tuning, the verdict's unit: R, or a sequential plan
+    replicates: Replicates = field(default=Replicates(1), metadata={"parse": _parse_replicates})
     seed: int = 0
     objective: str = "best"           # best: a trial's best val accuracy over its epochs | final: the last
     max_epochs: int = 30              # every search trial trains toward this; ASHA may stop it sooner
@@ -255,10 +334,11 @@ class SearchConfig(_Section):
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self):
+        if not isinstance(self.replicates, Replicates):  # built in code (e.g. dataclasses.replace)
+            object.__setattr__(self, "replicates", _parse_replicates(self.replicates, "search.replicates"))
         _one_of("search.mode", self.mode, ("stratified", "joint"))
         _one_of("search.objective", self.objective, ("final", "best"))
         _seed("search.seed", self.seed)
-        _at_least("search.replicates", self.replicates, 1)
         _at_least("search.max_epochs", self.max_epochs, 1)
         if self.n_startup_trials is not None:
             _at_least("search.n_startup_trials", self.n_startup_trials, 0)
@@ -539,6 +619,7 @@ class SweepConfig(_Section):
         """A plain dict in the YAML schema, for writing the resolved config next to results."""
         raw = asdict(self)
         raw["arms"] = [{k: v for k, v in arm.items() if v is not None} for arm in raw["arms"]]
+        raw["search"]["replicates"] = self.search.replicates.to_yaml()
         raw["search"]["space"] = {
             p.pop("name"): {k: (list(v) if isinstance(v, tuple) else v) for k, v in p.items()
                             if v is not None and not (k == "log" and v is False)}

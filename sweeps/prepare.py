@@ -62,14 +62,21 @@ def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
                           "Optuna study (e.g. --optuna-storage postgresql+psycopg://user@host/db)")
     if cfg.search.optuna_storage:
         check_database_url(cfg.search.optuna_storage)
+    if cfg.search.enabled and cfg.search.replicates.sequential:
+        import importlib.util
+
+        if importlib.util.find_spec("analysis.sequential") is None:
+            raise ConfigError("search.replicates: a sequential plan needs analysis/sequential.py, which "
+                              "this checkout lacks; give a fixed number (e.g. --set search.replicates=3)")
     check_address(cfg.address)
     trackers.check(cfg)
     check_directory(cfg, options, exp)
 
 
-def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
-    """The experiment directory's state against the run mode (no network checks): part of
-    ``validate``, and repeated under the experiment's lock, where no other run can change it."""
+def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment, database: bool = True) -> None:
+    """The experiment directory's state against the run mode: part of ``validate``, and repeated
+    under the experiment's lock, where no other run can change it (then with ``database=False``:
+    the study database was checked once, by ``validate``)."""
     exists = exp.has_sweep()
     if exists and not (options.resume or options.overwrite or options.confirm_only):
         raise ConfigError(f"{exp} already holds a sweep named '{cfg.name}'; pass --resume to continue "
@@ -89,7 +96,7 @@ def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> N
                               "this config has search.enabled: false (just run it without the flag)")
         if not exp.has_stage(SEARCH):
             raise ConfigError(f"--confirm-only: {exp}/search does not exist; run the search first")
-    if (options.resume or options.confirm_only) and cfg.search.enabled:
+    if database and (options.resume or options.confirm_only) and cfg.search.enabled:
         check_study_database(optuna_url(cfg, exp))
 
 
@@ -114,8 +121,8 @@ def load_data(cfg: SweepConfig):
                             synthetic_seed=d.synthetic.seed)
     if not d.vary_split:
         return make(d.split_seed)
-    return {s: make(s) for s in sorted({seeds.split_seed(d.split_seed, r, True)
-                                        for r in range(cfg.search.replicates)})}
+    return {s: make(s) for s in sorted({seeds.split_seed(d.split_seed, r, True)  # up to the plan's max
+                                        for r in range(int(cfg.search.replicates))})}
 
 
 def data_info(dataset) -> dict[str, Any]:

@@ -97,25 +97,37 @@ def parse(argv: list[str] | None = None):
     return cfg, options
 
 
+INTERRUPTED = "interrupted; resume with --resume"  # the last line of any interrupted run (exit 1)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     from sweeps.experiment import Experiment, redact
     from sweeps.prepare import SweepFailed, SweepInterrupted, validate
     from trainable.cifar10 import DataError
 
+    # SIGTERM stops like Ctrl-C until the sweep installs its own handlers (sweeps.runner.stop_signals).
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         cfg, options = parse(argv)
-        validate(cfg, options, Experiment(cfg.storage_path, cfg.name))  # fast: before Ray is imported
+        exp = Experiment(cfg.storage_path, cfg.name)
+        validate(cfg, options, exp)  # once, and fast: before Ray is imported
         from sweeps.runner import run_sweep
 
-        exp = run_sweep(cfg, options)
+        path = run_sweep(cfg, options, exp=exp, validated=True)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except SweepInterrupted as exc:
-        print(f"interrupted: {exc}", file=sys.stderr)
+        print(f"{exc}\n{INTERRUPTED}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: continue with --resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 1
     except SweepFailed as exc:
         print(f"failed: {exc}", file=sys.stderr)
@@ -125,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {exc.strerror or exc}{where}; free the space or fix the path, then --resume",
               file=sys.stderr)
         return 1
-    print(f"done: {redact(exp)}")
+    print(f"done: {redact(path)}")
     return 0
 
 

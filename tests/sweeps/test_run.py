@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -201,3 +202,91 @@ def test_python_m_sweeps_is_the_same_cli(tmp_path):
                            "--storage-path", str(tmp_path / "results")], capture_output=True, text=True,
                           timeout=120, env=env, cwd=ROOT)
     assert_one_line_error(proc, "0 <= seed < 2**31")
+
+
+# --------------------------------------------------------------------------------------------
+# Interruptions (issue 16): never reported as done, always resumable to the same result
+
+INTERRUPT_ARGS = ["--config", SMOKE, "--set", "search.replicates=1", "--set", "search.num_samples=1",
+                  "--set", "search.early_stopping.enabled=false", "--set", "search.space.epochs.low=2",
+                  "--set", "search.space.epochs.high=2", "--set", "confirm.seeds=3",
+                  "--set", "train.checkpoint_every=1"]
+
+
+def _confirm_results(exp: Path) -> dict:
+    """(arm, seed) -> test accuracy of every confirmation trial, through the analysis loader."""
+    from analysis.load import load_results
+
+    trials = load_results([exp]).trials
+    confirm = trials[trials["stage"] == "confirm"]
+    return {(a, int(s)): round(float(v), 6)
+            for a, s, v in zip(confirm["arm"], confirm["seed"], confirm["final_test_accuracy"], strict=True)}
+
+
+def _verdict(exp: Path) -> dict:
+    verdict = json.loads((exp / "report" / "verdict.json").read_text())
+    # What names or times the run (its directory, when it ran) differs between two runs by design.
+    return {k: v for k, v in verdict.items() if k not in ("data", "experiments", "generated", "provenance")}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("uninterrupted")
+    proc = run_cli(*INTERRUPT_ARGS, "--storage-path", root, "--name", "whole", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "whole"
+
+
+def _interrupt(tmp_path: Path, name: str, stage: str, signals: list[int]) -> subprocess.CompletedProcess:
+    """Start the CLI, send ``signals`` to the driver (only) once a trial of ``stage`` reported an
+    epoch, and return the finished process (stdout, stderr, returncode)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, str(ROOT / "sweeps" / "run.py"), *map(str, INTERRUPT_ARGS),
+           "--storage-path", str(tmp_path), "--name", name]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    stage_dir = tmp_path / name / stage
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.stat().st_size for p in stage_dir.glob("*/result.json")):
+            break
+        time.sleep(0.3)
+    assert proc.poll() is None, "the sweep ended before it could be interrupted"
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.5)
+    out, err = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _assert_interrupted(proc: subprocess.CompletedProcess):
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert lines and lines[-1] == "interrupted; resume with --resume", proc.stderr[-3000:]
+    assert "done:" not in proc.stdout
+    for crash in ("Traceback", "*** SIGTERM", "Aborted", "core dumped", "Stack trace", "raylet_client"):
+        assert crash not in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM]], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_confirmation_exits_1_and_resumes_to_the_uninterrupted_result(
+        tmp_path, uninterrupted, signals):
+    proc = _interrupt(tmp_path, "cut", "confirm", signals)
+    _assert_interrupted(proc)
+    exp = tmp_path / "cut"
+    assert not (exp / "report").exists(), "no report from an interrupted stage"
+    from analysis.completeness import completeness
+    from analysis.load import load_results
+
+    assert completeness(load_results([exp]))["complete"] is False
+    resumed = run_cli("--name", "cut", "--storage-path", tmp_path, "--resume", timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.splitlines()[-1].startswith("done: ")
+    assert completeness(load_results([exp]))["complete"] is True
+    assert _confirm_results(exp) == _confirm_results(uninterrupted)
+    assert _verdict(exp) == _verdict(uninterrupted)
+
+
+def test_a_second_ctrl_c_in_the_search_still_exits_1_without_a_crash(tmp_path):
+    proc = _interrupt(tmp_path, "twice", "search", [signal.SIGINT, signal.SIGINT])
+    _assert_interrupted(proc)

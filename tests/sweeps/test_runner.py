@@ -122,7 +122,7 @@ def _run_and_kill(tmp_path: Path, args: list, stage: str, after: int) -> dict[st
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         stage_dir = tmp_path / "killed" / stage
-        deadline = time.time() + 300
+        deadline = time.time() + 900  # generous: the guard against a hang, not a speed test
         while time.time() < deadline and proc.poll() is None:
             if len([p for p in stage_dir.glob("*/result.json") if _finished(p)]) >= after:
                 time.sleep(2)  # a kill seconds after trials finished must lose none of them
@@ -139,7 +139,8 @@ def _run_and_kill(tmp_path: Path, args: list, stage: str, after: int) -> dict[st
 
 def _resume_and_check(tmp_path: Path, finished_before: dict[str, float], search_trials: int, seeds: int):
     cmd, env = _cli("--name", "killed", "--storage-path", tmp_path, "--resume", "--no-report")
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     exp = tmp_path / "killed"
     assert len(_epochs_by_trial(exp / "search")) == 2 * search_trials
@@ -258,25 +259,255 @@ class Refuse:
 
 sys.meta_path.insert(0, Refuse())
 from ray import cloudpickle
-searcher, scheduler, progress = cloudpickle.loads(sys.stdin.buffer.read())
+searcher, scheduler, progress, records = cloudpickle.loads(sys.stdin.buffer.read())
 print(type(searcher).__name__, sorted(searcher._searchers), type(scheduler).__name__, scheduler._metric,
-      type(progress).__name__)
+      type(progress).__name__, type(records).__name__)
 """
 
 
 def test_searcher_scheduler_and_progress_table_unpickle_without_the_project(tmp_path):
     from ray import cloudpickle
 
+    from sweeps.completion import CompletionRecords
     from sweeps.progress import ProgressTable
     from sweeps.search import make_scheduler, make_searcher
 
     cfg = load_config(CONFIG_DIR / "smoke.yaml")
     runner.pickle_project_by_value()
-    data = cloudpickle.dumps((make_searcher(cfg, None), make_scheduler(cfg), ProgressTable("search", 8, 16)))
+    data = cloudpickle.dumps((make_searcher(cfg, None), make_scheduler(cfg), ProgressTable("search", 8, 16),
+                              CompletionRecords()))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
     proc = subprocess.run([sys.executable, "-I", "-c", LOAD_WITHOUT_PROJECT], input=data, env=env,
                           cwd=tmp_path, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert proc.stdout.decode().split() == [
         "StratifiedSearch", "['relu/r0',", "'relu/r1',", "'selu/r0',", "'selu/r1']", "PerCellScheduler",
-        "best_val_accuracy", "ProgressTable"]
+        "best_val_accuracy", "ProgressTable", "CompletionRecords"]
+
+
+# --------------------------------------------------------------------------------------------
+# Replicates until decided: the loop, with the stages and the look replaced by fakes. The look is
+# analysis.sequential.look (design.md §3); this fake stands in for it in these tests only.
+
+
+class _FakeSequential:
+    """``analysis.sequential`` as design.md §3 specifies it: a Plan, and a look that decides
+    ``decisions[R]`` at R complete pairs ("continue" when absent and not final)."""
+
+    def __init__(self, decisions: dict[int, str]):
+        self.decisions, self.looks = decisions, []
+
+    def plan_from_config(self, config):
+        plan = config["search"]["replicates"]
+        return {"min_replicates": plan["min"], "max_replicates": plan["max"]}
+
+    def look(self, trials, plan, *, margin_points, metric=None, final=False):
+        pairs = int(trials[trials["stage"] == "confirm"]["replicate"].nunique())
+        self.looks.append((pairs, final, margin_points))
+        decision = self.decisions.get(pairs, "undecided" if final else "continue")
+        return {"decision": decision, "winner": "selu" if decision == "winner" else None,
+                "replicates": pairs,
+                "look": pairs - plan["min_replicates"] + 1,
+                "looks_planned": plan["max_replicates"] - plan["min_replicates"] + 1,
+                "arm_a": "selu", "arm_b": "relu", "difference": 1.5, "ci": [0.5, 2.5], "ci_level": 0.975,
+                "p_value": 0.01, "boundary": {"method": "fake", "nominal_alpha": 0.025, "critical_t": 3.1},
+                "test": "fake", "reason": None}
+
+
+def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=None, started=()):
+    """The runner's loop over fake stages: each confirmed batch writes its replicates' trials into
+    a handmade trials table that the fake look reads. Returns (ran batches, fake sequential)."""
+    import sys
+
+    import pandas as pd
+
+    from sweeps.config import load_config
+    from sweeps.experiment import Experiment
+
+    plan = {"min": 3, "max": 6}
+    if budget_minutes is not None:
+        plan["budget_minutes"] = budget_minutes
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={tmp_path}",
+                                                  f"search.replicates={json.dumps(plan)}"])
+    fake = _FakeSequential(decisions)
+    monkeypatch.setitem(sys.modules, "analysis.sequential", fake)
+    import analysis
+
+    monkeypatch.setattr(analysis, "sequential", fake, raising=False)
+    ran, confirmed = [], []
+
+    class _Grid(list):
+        num_errors = 0
+
+    def search(cfg, exp, trainable, exp_id, batch):
+        ran.append(("search", batch.replicates, batch.first, batch.path(exp)))
+        return _Grid()
+
+    def best(cfg, results, reps):
+        return {f"{a.name}/r{r}": {"lr": 1e-3, "epochs": 2} for r in reps for a in cfg.arms}
+
+    def confirm(cfg, exp, trainable, best, batch):
+        ran.append(("confirm", batch.replicates, batch.first, batch.path(exp)))
+        confirmed.extend(batch.replicates)
+        return _Grid()
+
+    def load(paths):
+        rows = [{"stage": "confirm", "replicate": r, "arm": a} for r in confirmed for a in ("relu", "selu")]
+        return type("R", (), {"trials": pd.DataFrame(rows)})()
+
+    monkeypatch.setattr(runner, "run_search", search)
+    monkeypatch.setattr(runner, "best_configs", best)
+    monkeypatch.setattr(runner, "run_confirm", confirm)
+    monkeypatch.setattr("analysis.load.load_results", load)
+    monkeypatch.setattr(runner, "_started", lambda exp, batch: batch.replicates in started)
+    exp = Experiment(str(tmp_path), cfg.name)
+    Path(exp.path).mkdir(parents=True)
+    (Path(exp.path) / "runs.jsonl").write_text(json.dumps({"time": "2026-01-01T00:00:00+0000"}) + "\n")
+    runner._run_stages(cfg, runner.RunOptions(), exp, trainable=None, exp_id="x", clock=clock or time.time)
+    return ran, fake
+
+
+def test_a_sequential_plan_runs_min_replicates_together_then_one_at_a_time_until_decided(
+        monkeypatch, tmp_path, capsys):
+    ran, fake = _fake_stages(monkeypatch, tmp_path, decisions={5: "winner"})
+    exp = tmp_path / "smoke"
+    assert ran == [("search", (0, 1, 2), True, f"{exp}/search"),
+                   ("confirm", (0, 1, 2), True, f"{exp}/confirm"),
+                   ("search", (3,), False, f"{exp}/search/replicate-3"),
+                   ("confirm", (3,), False, f"{exp}/confirm/replicate-3"),
+                   ("search", (4,), False, f"{exp}/search/replicate-4"),
+                   ("confirm", (4,), False, f"{exp}/confirm/replicate-4")]
+    # A look after each confirmed batch from min on, at the analysis margin, the last one not final.
+    assert fake.looks == [(3, False, 1.0), (4, False, 1.0), (5, False, 1.0)]
+    looks = [line for line in capsys.readouterr().out.splitlines() if line.startswith("look ")]
+    assert looks[-1] == ("look 3/4 after 5 replicate pair(s): winner (selu); difference (selu - relu) "
+                         "+1.50 points, 97.5% CI [+0.50, +2.50]; p 0.01; boundary nominal_alpha 0.025, "
+                         "critical_t 3.1")
+    assert len(looks) == 3
+
+
+def test_a_sequential_plan_stops_at_max_with_a_final_look_or_on_equivalence(monkeypatch, tmp_path):
+    ran, fake = _fake_stages(monkeypatch, tmp_path, decisions={})
+    assert fake.looks[-1] == (6, True, 1.0) and len(fake.looks) == 4
+    assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,), (4,), (5,)]
+    ran, fake = _fake_stages(monkeypatch, tmp_path / "eq", decisions={3: "equivalent"})
+    assert [b for stage, b, _, _ in ran] == [(0, 1, 2), (0, 1, 2)] and len(fake.looks) == 1
+
+
+def test_a_replicate_that_would_end_after_the_budget_is_not_started(monkeypatch, tmp_path, capsys):
+    """Budget 50 min; the sweep started at 00:00. After 3 replicates at 00:30 (10 min each) a 4th
+    would end at 40 min: it runs; after it, at 00:45 (11.25 min each), a 5th would end at 56 min."""
+    import calendar
+
+    t0 = calendar.timegm((2026, 1, 1, 0, 0, 0))
+    now = iter([t0 + 30 * 60, t0 + 45 * 60])
+    ran, _ = _fake_stages(monkeypatch, tmp_path, decisions={}, budget_minutes=50,
+                          clock=lambda: next(now))
+    assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,)]
+    out = capsys.readouterr().out
+    assert "budget: another replicate (about 11.2 min) would end at 56.2 of search.replicates." \
+           "budget_minutes 50" in out and "stopping at 4 replicates" in out
+    # Resumed after the budget: a replicate that had started is finished, no new one is begun.
+    now = iter([t0 + 90 * 60, t0 + 95 * 60])
+    ran, _ = _fake_stages(monkeypatch, tmp_path / "again", decisions={}, budget_minutes=50,
+                          clock=lambda: next(now), started=[(3,)])
+    assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,)]
+
+
+def test_a_fixed_design_runs_every_replicate_in_one_batch_without_a_look(monkeypatch, tmp_path):
+    from sweeps.config import load_config
+
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.replicates=4"])
+    assert runner.replicate_batches(cfg) == [(0, 1, 2, 3)]
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.replicates={min: 3, max: 5}"])
+    assert runner.replicate_batches(cfg) == [(0, 1, 2), (3,), (4,)]
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.enabled=false", "search.replicates=1"])
+    assert runner.replicate_batches(cfg) == [(0,)]
+
+
+# --------------------------------------------------------------------------------------------
+# Completion records: a trial's end survives a driver killed before Tune's next snapshot
+
+
+def _three_epochs(config):
+    from ray import tune
+
+    for epoch in range(1, 4):
+        tune.report({"epoch": float(epoch), "target_epochs": 3.0, "val_accuracy": 0.1 * epoch,
+                     "diverged": 0.0})
+
+
+def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_local, tmp_path):
+    """Real Tune files: two trials end (each writes done.json); then Tune's state is rolled back to
+    what a snapshot taken before trial 0's last epoch holds (RUNNING, last result epoch 2, its
+    result.json without epoch 3). ``trust_completion_records`` restores the end from done.json."""
+    from ray import tune
+
+    from sweeps.completion import CompletionRecords, trust_completion_records
+
+    tuner = tune.Tuner(_three_epochs, param_space={"k": tune.grid_search([0, 1])},
+                       run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path), verbose=0,
+                                                 callbacks=[CompletionRecords()]))
+    tuner.fit()
+    stage = tmp_path / "stage"
+    (state_file,) = stage.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    trial = json.loads(state["trial_data"][0][0])
+    meta = json.loads(state["trial_data"][0][1])
+    tdir = stage / trial["relative_logdir"]
+    record = json.loads((tdir / "done.json").read_text())
+    assert record["trial_id"] == trial["trial_id"] and record["last_result"]["epoch"] == 3.0
+    final = meta["last_result"]
+    trial["status"] = "RUNNING"
+    meta["last_result"] = {**final, "epoch": 2.0, "training_iteration": 2}
+    state["trial_data"][0] = [json.dumps(trial), json.dumps(meta)]
+    state_file.write_text(json.dumps(state))
+    lines = (tdir / "result.json").read_text().splitlines()
+    (tdir / "result.json").write_text("\n".join(lines[:2]) + "\n")
+    other = stage / json.loads(state["trial_data"][1][0])["relative_logdir"] / "result.json"
+    other_before = other.read_bytes()
+
+    assert trust_completion_records(str(stage)) == 1
+    assert trust_completion_records(str(stage)) == 0  # nothing left to mark
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(stage))
+    by_id = {t.trial_id: t for t in analysis.trials}
+    assert by_id[trial["trial_id"]].status == "TERMINATED"
+    assert by_id[trial["trial_id"]].last_result["epoch"] == 3.0
+    epochs = [json.loads(line)["epoch"] for line in (tdir / "result.json").read_text().splitlines()]
+    assert epochs == [1.0, 2.0, 3.0]
+    assert other.read_bytes() == other_before
+
+    # A record that belongs to another trial (a reused directory name) is not trusted.
+    trial["status"] = "RUNNING"
+    state = json.loads(state_file.read_text())
+    state["trial_data"][0][0] = json.dumps(trial)
+    state_file.write_text(json.dumps(state))
+    (tdir / "done.json").write_text(json.dumps({**record, "trial_id": "someone-else"}))
+    assert trust_completion_records(str(stage)) == 0
+
+
+def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray_local, tmp_path):
+    """Tune copies its snapshot to local storage in place, in the background: a kill during the copy
+    leaves an empty experiment_state file (the SIGKILL test hit it). CompletionRecords keeps a whole
+    copy after every snapshot; restore_snapshot puts it back and Tune restores from it."""
+    from ray import tune
+
+    from sweeps.completion import CompletionRecords, restore_snapshot
+
+    tuner = tune.Tuner(_three_epochs, param_space={"k": tune.grid_search([0, 1])},
+                       run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path), verbose=0,
+                                                 callbacks=[CompletionRecords()]))
+    tuner.fit()
+    stage = tmp_path / "stage"
+    (state_file,) = stage.glob("experiment_state-*.json")
+    whole = state_file.read_bytes()
+    snap = stage / ".last-snapshot"
+    assert (snap / state_file.name).read_bytes() == whole  # the copy holds the final state
+    assert restore_snapshot(str(stage)) == []  # Tune's own state is whole and as new: kept
+    state_file.write_bytes(b"")  # what the kill left
+    assert state_file.name in restore_snapshot(str(stage))
+    assert state_file.read_bytes() == whole
+    restored = tune.Tuner.restore(str(stage), trainable=_three_epochs).get_results()
+    assert sorted(r.metrics["epoch"] for r in restored) == [3.0, 3.0]

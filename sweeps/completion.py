@@ -1,0 +1,227 @@
+"""Completion records: a trial's end, written durably into its own directory before the driver
+moves on, and trusted by ``--resume``.
+
+Tune saves its experiment state in the background, at most once a second, and copies it to
+storage with a sync that skips a round while the previous copy runs: a driver killed in between
+leaves a trial that had ended as RUNNING in the newest saved state, and ``--resume`` would train
+it again. :class:`CompletionRecords` (a Tune callback) writes ``done.json`` with the trial's last
+result when it ends; :func:`trust_completion_records` marks such trials ended in Tune's newest
+state before the restore. This module is pickled by value into ``tuner.pkl`` (see
+``sweeps.runner.PICKLED_BY_VALUE``), so it imports nothing else of this project at call time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ray.tune import Callback
+
+from analysis.contract import DONE_FILE, SNAPSHOT_DIR
+
+
+class CompletionRecords(Callback):
+    """Tune callback: when a trial ends (its last epoch, a scheduler stop or a divergence; Tune
+    calls ``on_trial_complete`` after the searcher's own, before it marks the trial TERMINATED),
+    write ``done.json`` (atomically) with its last result into the trial's directory.
+
+    It also keeps an atomic copy of Tune's latest experiment snapshot (``on_step_end``: after the
+    step's snapshot was written, in the same thread). Tune copies its snapshot to a local storage
+    path with a background ``pyarrow.fs.copy_files``, which truncates and rewrites each file in
+    place: a driver killed during that copy leaves an empty ``experiment_state-*.json`` (seen in the
+    SIGKILL test under load) that Tune cannot restore. :func:`restore_snapshot` puts the copy back.
+    """
+
+    def __init__(self):
+        self._copied: int | None = None  # st_mtime_ns of the staging state file last copied
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        write_completion_record(trial)
+
+    def on_step_end(self, iteration, trials, **info):
+        if trials:
+            self._copied = copy_snapshot(trials[0].storage, self._copied)
+
+    def on_experiment_end(self, trials, **info):  # after Tune's last snapshot of the run
+        if trials:
+            self._copied = copy_snapshot(trials[0].storage, self._copied)
+
+
+def _snapshot_files(directory: str) -> list[str]:
+    """Tune's experiment snapshot in a stage directory: the top-level .json/.pkl files that
+    ``sync_down_experiment_state`` restores, except ``tuner.pkl`` (written once, at the start)."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return sorted(n for n in names if n.endswith((".json", ".pkl")) and n != "tuner.pkl"
+                  and not n.startswith(".") and os.path.isfile(os.path.join(directory, n)))
+
+
+def copy_snapshot(storage, copied: int | None) -> int | None:
+    """Copy the staging directory's snapshot into ``<stage>/.last-snapshot/`` when it changed;
+    returns the state file's mtime copied (local storage only; an object store's PUT is whole)."""
+    import pyarrow.fs
+
+    if not isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return copied
+    staging, target = storage.experiment_driver_staging_path, storage.experiment_fs_path
+    names = _snapshot_files(staging)
+    states = [n for n in names if n.startswith("experiment_state-")]
+    if not states or os.path.realpath(staging) == os.path.realpath(target):
+        return copied
+    try:
+        mtime = os.stat(os.path.join(staging, max(states))).st_mtime_ns
+        if mtime == copied:
+            return copied
+        blobs = {}
+        for name in names:
+            with open(os.path.join(staging, name), "rb") as f:
+                blobs[name] = f.read()
+        json.loads(blobs[max(states)])  # written by this thread just before: whole, but check
+    except (OSError, ValueError):
+        return copied
+    snap = os.path.join(target, SNAPSHOT_DIR)
+    os.makedirs(snap, exist_ok=True)
+    for name, data in blobs.items():  # the state file last: it is what restore_snapshot checks
+        if name != max(states):
+            _write_local(os.path.join(snap, name), data)
+    _write_local(os.path.join(snap, max(states)), blobs[max(states)])
+    return mtime
+
+
+def _iteration(data: bytes | None) -> int | None:
+    """The controller step a snapshot was taken at (its ``runner_data._iteration``); None if the
+    file is missing or not whole."""
+    try:
+        value = json.loads(data)["runner_data"]["_iteration"] if data else None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) else None
+
+
+def restore_snapshot(stage_path: str) -> list[str]:
+    """Before a restore: if Tune's own newest state file in ``stage_path`` is cut short, or older
+    than the whole copy in ``<stage>/.last-snapshot/``, put that copy's files back over Tune's.
+    Returns the names restored (none when Tune's own state is whole and at least as new)."""
+    snap = os.path.join(stage_path, SNAPSHOT_DIR)
+    names = _snapshot_files(snap)
+    states = [n for n in names if n.startswith("experiment_state-")]
+    if not states:
+        return []
+    state = max(states)
+
+    def read(path: str) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    copy = _iteration(read(os.path.join(snap, state)))
+    own = _iteration(read(os.path.join(stage_path, state)))
+    if copy is None or (own is not None and own >= copy):
+        return []
+    restored = []
+    for name in names:
+        data = read(os.path.join(snap, name))
+        if data is not None:
+            _write_local(os.path.join(stage_path, name), data)
+            restored.append(name)
+    return restored
+
+
+def _write_local(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fs_and_path(path: str):
+    from ray.train._internal.storage import get_fs_and_path
+
+    return get_fs_and_path(path)
+
+
+def _write_atomic(fs, path: str, data: bytes) -> None:
+    import pyarrow.fs
+
+    if isinstance(fs, pyarrow.fs.LocalFileSystem):
+        _write_local(path, data)
+    else:  # an object store writes an object whole or not at all
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+
+def _read(fs, path: str) -> bytes | None:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.readall()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def write_completion_record(trial) -> None:
+    from ray.tune.utils.util import SafeFallbackEncoder
+
+    result = dict(trial.last_result or {})
+    if not result:
+        return
+    record = {"trial_id": trial.trial_id, "epoch": result.get("epoch"), "last_result": result}
+    fs, path = trial.storage.storage_filesystem, trial.storage.trial_fs_path
+    fs.create_dir(path, recursive=True)
+    _write_atomic(fs, f"{path}/{DONE_FILE}", json.dumps(record, cls=SafeFallbackEncoder).encode())
+
+
+def trust_completion_records(stage_path: str) -> int:
+    """Mark as TERMINATED, in the newest experiment state of a stage, every unfinished trial whose
+    ``done.json`` says it ended (with its last result), and append that result to its
+    ``result.json`` if the snapshot of that file predates it. Returns how many trials it marked.
+
+    Tune's state file is JSON; each trial is a JSON string (status, trial_id, relative_logdir) and
+    its run metadata another (last_result). Nothing else is changed.
+    """
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.utils.util import SafeFallbackEncoder
+
+    fs, fs_path = _fs_and_path(stage_path)
+    state_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
+    raw = _read(fs, state_path) if state_path else None
+    if raw is None:
+        return 0
+    state = json.loads(raw)
+    marked = 0
+    for item in state.get("trial_data", []):
+        trial = json.loads(item[0])
+        if trial.get("status") not in ("RUNNING", "PENDING", "PAUSED"):
+            continue
+        tdir = f"{fs_path}/{os.path.basename(str(trial.get('relative_logdir', '')))}"
+        data = _read(fs, f"{tdir}/{DONE_FILE}")
+        if data is None:
+            continue
+        try:
+            record = json.loads(data)
+        except ValueError:
+            continue
+        if record.get("trial_id") != trial.get("trial_id") or not isinstance(record.get("last_result"), dict):
+            continue
+        last = record["last_result"]
+        meta = json.loads(item[1])
+        meta["last_result"] = last
+        trial["status"] = "TERMINATED"
+        item[0], item[1] = json.dumps(trial, indent=2), json.dumps(meta, indent=2)
+        lines = [ln for ln in (_read(fs, f"{tdir}/result.json") or b"").splitlines() if ln.strip()]
+        try:
+            logged = json.loads(lines[-1]).get("training_iteration", 0) if lines else 0
+        except ValueError:
+            logged = 0
+        if logged < last.get("training_iteration", 0):
+            lines.append(json.dumps(last, cls=SafeFallbackEncoder).encode())
+            _write_atomic(fs, f"{tdir}/result.json", b"\n".join(lines) + b"\n")
+        marked += 1
+    if marked:
+        _write_atomic(fs, state_path, json.dumps(state).encode())
+    return marked
