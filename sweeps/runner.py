@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from analysis.contract import CONFIRM, REPORT_DIR, SEARCH
@@ -252,14 +251,16 @@ def write_report(exp: Experiment) -> str | None:
     from analysis.report import write_report as _write
 
     path, out = exp.path, exp.join(REPORT_DIR)
-    if exp.remote:  # analysis reads local files: copy the experiment down first
-        import shutil
-
-        out = str(Path("results") / exp.name / REPORT_DIR)
-        local = Path(out).parent / "experiment"
-        if local.exists():
-            shutil.rmtree(local)
-        path = str(exp.copy_to_local(local))
+    if exp.remote:  # analysis reads local files: copy the experiment down first, into a dir of ours
+        local = exp.local_copy("results")
+        path, out = str(local / "experiment"), str(local / REPORT_DIR)
+        old = os.umask(0o077)  # the report of a copy is user-only, as the copy is
+        try:
+            paths = _write([path], out)
+        finally:
+            os.umask(old)
+        print(f"report: {paths['md']}", flush=True)
+        return out
     paths = _write([path], out)
     print(f"report: {paths['md']}", flush=True)
     return out
