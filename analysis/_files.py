@@ -16,7 +16,6 @@ Each reader raises :class:`Unreadable` with a short reason fit for a one-line me
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -183,30 +182,22 @@ def parse_json(text: str | bytes) -> Any:
 # SQLite under a time budget
 
 
-class OutOfTime(Exception):
-    """An SQLite read ran past its time budget (interrupted by the progress handler)."""
-
-
-@contextlib.contextmanager
-def sqlite_budget(connection, seconds: float = SQLITE_BUDGET_S):
-    """Interrupt any statement run on the sqlite3 ``connection`` inside the block once ``seconds``
-    have passed since the block began (SQLite checks the handler every 10,000 VM steps, also in a
-    query that never returns rows). The interrupted statement raises ``sqlite3.OperationalError``;
-    :func:`ran_out` tells it apart."""
+def sqlite_budget(seconds: float = SQLITE_BUDGET_S, state: dict | None = None):
+    """An sqlite3 progress handler (``connection.set_progress_handler(handler, 10_000)``) that
+    interrupts any statement once ``seconds`` have passed since it was made: SQLite calls it every
+    10,000 VM steps, also in a query that never returns a row (a recursive view). The interrupted
+    statement raises ``sqlite3.OperationalError``; ``state["out"]`` then says the budget ran out."""
     deadline = time.monotonic() + seconds
-    state = {"out": False}
+    state = {} if state is None else state
+    state["out"] = False
 
-    def handler():
+    def handler() -> int:
         if time.monotonic() > deadline:
             state["out"] = True
             return 1
         return 0
 
-    connection.set_progress_handler(handler, 10_000)
-    try:
-        yield state
-    finally:
-        connection.set_progress_handler(None, 0)
+    return handler
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from analysis import html as html_page
 from analysis import plots
 from analysis.claims import conclude
 from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
-from analysis.load import Results, load_results, load_studies
+from analysis.load import Results, load_results
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import (
     describe_data,
@@ -33,6 +33,7 @@ from analysis.provenance import (
     sweep_settings,
 )
 from analysis.stats import LABELS
+from analysis.studies import load_studies
 from analysis.summaries import (
     arm_summary,
     expected_best_curve,

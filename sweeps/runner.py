@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from analysis.contract import CONFIRM, REPORT_DIR, SEARCH
-from sweeps import seeds, trackers
+from sweeps import seeds, trackers, trust
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.experiment import Experiment, redact
 from sweeps.prepare import (
@@ -101,7 +101,9 @@ def _fit(cfg: SweepConfig, exp: Experiment, stage: str, trainable, make_tuner, t
     from ray import tune
 
     path = exp.join(stage)
+    trust.install()  # Tune signs its experiment state as it saves it
     if tune.Tuner.can_restore(path):
+        trust.verify_dir(path)  # before anything in it is unpickled
         try:
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         except Exception as exc:  # a damaged experiment state: say so instead of a traceback
@@ -110,6 +112,7 @@ def _fit(cfg: SweepConfig, exp: Experiment, stage: str, trainable, make_tuner, t
                               f"with --name") from None
     else:
         tuner = make_tuner()
+        trust.sign_file(f"{path}/tuner.pkl")
     results = tuner.fit()
     finished = results.num_terminated + results.num_errors
     if len(results) < total or finished < total:
@@ -203,6 +206,7 @@ def run_confirm(cfg: SweepConfig, exp: Experiment, trainable, best: dict[str, di
 def _search_results(exp: Experiment, trainable):
     from ray import tune
 
+    trust.verify_dir(exp.join(SEARCH))  # before anything in it is unpickled
     return tune.Tuner.restore(exp.join(SEARCH), trainable=trainable).get_results()
 
 
