@@ -266,19 +266,7 @@ class Experiment:
     def delete(self) -> None:
         """Delete the sweep's entries (``LAYOUT``), only if the directory holds our marker, that
         marker names this directory, and nothing else is there (else ConfigError, nothing touched)."""
-        marker = self.marker()
-        if marker is None:
-            raise ConfigError(f"--overwrite: {self} was not created by selu-sweep (no {MARKER}); "
-                              f"nothing deleted: move it away or choose another --name")
-        named = marker.get("path", self.canonical())  # markers before 0.x recorded no path
-        if marker.get("name") != self.name or named != self.canonical():
-            raise ConfigError(f"--overwrite: the {MARKER} in {self} names another directory "
-                              f"({show(redact(str(named)), 120)}); a copied marker: nothing deleted")
-        foreign = [e for e in self._entries() if e not in LAYOUT and not e.startswith(LAYOUT_PREFIXES)]
-        if foreign:
-            raise ConfigError(f"--overwrite: {self} also holds {len(foreign)} entries a sweep does not "
-                              f"write (first: {show(foreign[0], 60)}); nothing deleted: move them away "
-                              f"or choose another --name")
+        self.check_deletable()
         if self.remote:
             fs, p = _fs(self.path)
             fs.delete_dir(p)
@@ -295,6 +283,22 @@ class Experiment:
                 os.unlink(full)
         os.unlink(os.path.join(self.path, MARKER))
         os.rmdir(self.path)
+
+    def check_deletable(self) -> None:
+        """What ``delete`` checks first: ConfigError unless the directory is this sweep's alone."""
+        marker = self.marker()
+        if marker is None:
+            raise ConfigError(f"--overwrite: {self} was not created by selu-sweep (no {MARKER}); "
+                              f"nothing deleted: move it away or choose another --name")
+        named = marker.get("path", self.canonical())  # markers before 0.x recorded no path
+        if marker.get("name") != self.name or named != self.canonical():
+            raise ConfigError(f"--overwrite: the {MARKER} in {self} names another directory "
+                              f"({show(redact(str(named)), 120)}); a copied marker: nothing deleted")
+        foreign = [e for e in self._entries() if e not in LAYOUT and not e.startswith(LAYOUT_PREFIXES)]
+        if foreign:
+            raise ConfigError(f"--overwrite: {self} also holds {len(foreign)} entries a sweep does not "
+                              f"write (first: {show(foreign[0], 60)}); nothing deleted: move them away "
+                              f"or choose another --name")
 
     def local_copy(self, root: str | os.PathLike) -> Path:
         """Copy this (remote) experiment down for the analysis, into ``<root>/<name>/experiment``;

@@ -121,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         export_password(cfg.search.optuna_storage)  # the secret, once: where the clients read it
         exp = Experiment(cfg.storage_path, cfg.name)
         validate(cfg, options, exp)  # fast: before Ray is imported
+        if options.overwrite and exp.has_sweep():  # only the sweep's own entries, of this very directory
+            exp.check_deletable()
         if options.resume or options.confirm_only:  # what a restore would unpickle: signed by this user?
             for stage in STAGES:
                 if exp.has_stage(stage):
