@@ -26,12 +26,13 @@ from analysis.decision import (
     replicate_table,
     sensitivity_tests,
 )
-from analysis.load import AnalysisError, Results, load_results, load_studies
+from analysis.load import AnalysisError, Results, load_results
 from analysis.metrics import trial_metrics
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import describe_data, run_summary
 from analysis.report import Report, build_report, save_report, write_report
 from analysis.stats import expected_max, holm, holm_levels, spearman_test
+from analysis.studies import load_studies
 from analysis.summaries import (
     arm_summary,
     divergence,

@@ -37,6 +37,9 @@ def _parser() -> _Parser:
                         help="directories created by sweeps/run.py (or plain Ray Tune experiments)")
     parser.add_argument("--out", metavar="DIR", help="output directory (default: EXPERIMENT_DIR/report "
                         "for one experiment, ./report for several)")
+    parser.add_argument("--optuna-storage", metavar="URL", help="database URL of the sweeps' Optuna "
+                        "studies, with its password (default: each config.yaml's search.optuna_storage, "
+                        "whose saved URL has no password: set PGPASSWORD or ~/.pgpass; else optuna.db)")
     parser.add_argument("--debug", action="store_true",
                         help="show warnings, and the traceback of an internal error")
     return parser
@@ -58,7 +61,13 @@ def check_out(out: Path, experiments: list[str]) -> None:
                             f"--out") from None
     if out.exists() and not out.is_dir():
         raise AnalysisError(f"--out {shown}: exists and is not a directory; choose another path")
-    for exp in exps:
+    lexical = Path(os.path.abspath(out))
+    for raw, exp in zip(experiments, exps):
+        under = Path(os.path.abspath(Path(raw).expanduser()))
+        if _inside(lexical, under) and not _inside(resolved, exp):
+            # EXPERIMENT/report a symbolic link out of the experiment: never followed, never written
+            raise AnalysisError(f"--out {shown}: a symbolic link out of the experiment {_text(exp)}; "
+                                f"remove the link, or pass --out with a directory of your own")
         if _inside(resolved, exp) and not _inside(resolved, exp / "report"):
             raise AnalysisError(f"--out {shown}: inside the experiment {_text(exp)}, whose files must stay "
                                 f"untouched; use {_text(exp / 'report')} or a directory outside it")
@@ -80,10 +89,13 @@ def _run(args: argparse.Namespace) -> dict[str, str]:
     out = Path(args.out).expanduser() if args.out else (
         Path(args.experiments[0]).expanduser() / "report" if len(args.experiments) == 1 else Path("report"))
     check_out(out, args.experiments)
+    if args.optuna_storage is not None and ("\0" in args.optuna_storage or len(args.optuna_storage) > 4096):
+        raise AnalysisError("--optuna-storage: not a database URL; pass e.g. "
+                            "postgresql+psycopg://user:password@host/db")
     from analysis.report import write_report
 
     try:
-        return write_report(args.experiments, out)
+        return write_report(args.experiments, out, optuna_storage=args.optuna_storage)
     except OSError as exc:
         where = _text(exc.filename) if exc.filename else _text(out)
         raise AnalysisError(f"cannot write the report: {where}: {exc.strerror or exc}; choose another "

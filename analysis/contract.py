@@ -40,3 +40,14 @@ USABLE = (FINISHED, DIVERGED)    # ran to their planned end; diverged ones are o
 TEST_METRICS = ("test_loss", "test_accuracy")  # reported once, at a trial's last epoch
 EPOCH_COLUMNS = (*METRICS, *TEST_METRICS, "timestamp")
 ACCURACY_COLUMNS = tuple(c for c in EPOCH_COLUMNS if c.endswith("accuracy"))
+
+# --------------------------------------------------------------------------- names
+# Experiment and arm names: they become path components, study names, table cells and report text,
+# so only these characters (sweeps refuses others at parse time; the loader replaces them in files).
+NAME_CHARS = "A-Za-z0-9._-"
+NAME_PATTERN = rf"^[A-Za-z0-9][{NAME_CHARS}]*$"
+MAX_NAME = 100
+
+# --------------------------------------------------------------------------- secrets
+# No file of an experiment holds a password: every URL's ``user:password@`` becomes ``user:***@``.
+REDACTED = "***"

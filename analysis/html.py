@@ -48,7 +48,8 @@ li{margin:.2em 0}
 def escape_markdown(text: str) -> str:
     """Data as literal Markdown text: nothing in it can become emphasis, code, a link, HTML or a table
     column. Use it for any data (paths, names, messages) put into the report's Markdown."""
-    return _EDGE_UNDERSCORE.sub(r"\\_", _MD_SPECIAL.sub(r"\\\1", str(text)))
+    one_line = " ".join(str(text).splitlines())  # a newline could start a heading, list or fence
+    return _EDGE_UNDERSCORE.sub(r"\\_", _MD_SPECIAL.sub(r"\\\1", one_line))
 
 
 def _cell(text: str) -> str:
@@ -101,10 +102,11 @@ def _embed_images(tokens: list[Token], figures: Mapping[str, str | Path]) -> Non
             src = str(child.attrGet("src") or "")
             if src.startswith("data:"):
                 continue
-            if src not in figures:
-                known = ", ".join(sorted(figures)) or "none"
-                raise ValueError(f"image {src!r} in the markdown has no file: add it to figures "
-                                 f"(relative path -> file on disk); figures has: {known}")
+            if src not in figures:  # never fetched, never an error: shown as its text
+                child.type, child.tag, child.attrs = "text", "", {}
+                child.content = f"[image {src[:80]}: {child.content[:80]}]"
+                child.children = []
+                continue
             child.attrSet("src", _data_uri(figures[src]))
 
 
@@ -164,8 +166,8 @@ def render_html(markdown: str, figures: Mapping[str, str | Path],
     """One self-contained HTML page from ``markdown``.
 
     ``figures`` maps each image path used in the Markdown (e.g. ``figures/x.png``) to its file on
-    disk; every image is embedded as a data URI (an image without a file is a ValueError). Raw HTML in
-    the Markdown is shown as text, never run.
+    disk; every image is embedded as a data URI (an image without a file is shown as its text, never
+    fetched). Raw HTML in the Markdown is shown as text, never run.
     """
     md = _markdown_it()
     env: dict = {}

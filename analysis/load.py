@@ -56,16 +56,21 @@ Results
   ``config.yaml`` (``yaml.safe_load``) and ``data.json`` (at the experiment root); None when
   absent or corrupt (a corrupt one, or a sweep without ``config.yaml``, gets a note).
 
-``load_studies(results)`` returns the Optuna studies of the experiments' ``optuna.db`` files.
+Names are data: an arm or experiment name that is not of the contract's safe characters
+(``analysis.contract.NAME_PATTERN``, what sweeps/run.py accepts) is replaced by a safe form with a
+note, so no name from a file can become Markdown, HTML or a spreadsheet formula downstream.
+Every file is read through ``analysis._files`` (regular files inside the experiment only, sizes
+and nesting bounded).
+
+``analysis.studies.load_studies(results)`` reads the Optuna studies.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import math
 import os
-import stat
-import urllib.parse
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +79,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis._files import MAX_YAML_BYTES, Unreadable, load_yaml, parse_json, read_bytes
 from analysis.contract import (
     ACCURACY_COLUMNS,
     CONFIG_FILE,
@@ -83,7 +89,9 @@ from analysis.contract import (
     FAILED,
     FINISHED,
     INCOMPLETE,
-    OPTUNA_DB,
+    MAX_NAME,
+    NAME_CHARS,
+    NAME_PATTERN,
     REPLICATE_DIR_PREFIX,
     SEARCH,
     STAGES,
@@ -96,11 +104,12 @@ NUM_CONFIG = ("lr", "epochs", "batch_size", "seed", "dropout")
 CONFIG_COLUMNS = ("arm", "activation", "lr", "epochs", "batch_size", "seed", "kernel_initializer",
                   "normalization", "dropout", "validate_on", "replicate", "source_trial")
 MAX_PARAMS_BYTES = 1 << 20  # a trial config is a few hundred bytes
-MAX_META_BYTES = 16 << 20  # config.yaml, data.json
+MAX_META_BYTES = MAX_YAML_BYTES  # config.yaml, data.json
 MAX_STATE_BYTES = 1 << 30  # experiment_state-*.json: ~5 KB per trial
-SQLITE_TIMEOUT_S = 5.0  # how long to wait for a sweep's write transaction on optuna.db
-_SQLITE_MAGIC = b"SQLite format 3\x00"
+MAX_RESULT_BYTES = 1 << 30  # result.json: ~1 KB per epoch
 _ESCAPES = {0x0A: "\\n", 0x0D: "\\r"}
+_SAFE_NAME = re.compile(NAME_PATTERN)
+_UNSAFE_CHARS = re.compile(f"[^{NAME_CHARS}]+")
 _RAW_KEYS = (*EPOCH_COLUMNS, "training_iteration")  # what is read from each result line
 
 
@@ -108,8 +117,7 @@ class AnalysisError(ValueError):
     """Input that cannot be analysed at all; the message is one line with the fix."""
 
 
-class _Unreadable(Exception):
-    """A file that cannot be used; the message says why (becomes part of a note)."""
+_Unreadable = Unreadable  # a file that cannot be used; the message says why (becomes part of a note)
 
 
 @dataclass
@@ -126,27 +134,29 @@ def _text(value: object) -> str:
     return str(value).encode("utf-8", "replace").decode("utf-8").translate(_ESCAPES)
 
 
+def safe_name(name: str) -> str:
+    """``name`` if it is of the contract's safe characters; else a safe form: unsafe runs replaced by
+    '_', cut to fit, and a short hash of the original so two unsafe names stay apart."""
+    if _SAFE_NAME.match(name) and len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stem = _UNSAFE_CHARS.sub("_", name).strip("._-")[:MAX_NAME - 10] or "name"
+    if not stem[0].isalnum():
+        stem = "x" + stem
+    return f"{stem}-{digest}"
+
+
 def _why(exc: OSError) -> str:
     return exc.strerror or exc.__class__.__name__
 
 
+# The experiment directory of the file being read: no file is read through a link out of it.
+_ROOT: list[Path] = []
+
+
 def _read_bytes(path: Path, limit: int | None = None) -> bytes:
-    """A regular file's bytes; raises ``_Unreadable(reason)`` otherwise (never blocks on a FIFO)."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise _Unreadable("missing" if isinstance(exc, FileNotFoundError) else _why(exc)) from None
-    if stat.S_ISDIR(st.st_mode):
-        raise _Unreadable("is a directory, not a file")
-    if not stat.S_ISREG(st.st_mode):
-        raise _Unreadable("not a regular file")
-    if limit is not None and st.st_size > limit:
-        raise _Unreadable(f"{st.st_size / 1e6:.1f} MB, over the {limit / 1e6:.0f} MB this file can be "
-                          f"(is it the right file?)")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise _Unreadable(_why(exc)) from None
+    """A regular file's bytes inside the experiment; raises ``_Unreadable(reason)`` otherwise."""
+    return read_bytes(path, limit, inside=_ROOT[-1] if _ROOT else None)
 
 
 def _parse_file(path: Path, limit: int, parse: Callable[[str], Any], what: str) -> Any:
@@ -158,21 +168,21 @@ def _parse_file(path: Path, limit: int, parse: Callable[[str], Any], what: str) 
         raise _Unreadable("not UTF-8 text (binary or damaged)") from None
     try:
         return parse(text)
+    except Unreadable:  # the YAML loader's own bounds (aliases, depth): say which
+        raise
     except Exception:  # a parser of untrusted bytes: any failure means the file is not `what`
         raise _Unreadable(f"not valid {what}") from None
 
 
 def _json_object(text: str) -> dict:
-    value = json.loads(text)
+    value = parse_json(text)
     if not isinstance(value, dict):
         raise ValueError("not an object")
     return value
 
 
 def _yaml_mapping(text: str) -> dict:
-    import yaml
-
-    value = yaml.safe_load(text)
+    value = load_yaml(text, MAX_META_BYTES)
     if not isinstance(value, dict):
         raise ValueError("not a mapping")
     return value
@@ -252,7 +262,7 @@ def _statuses(stage_dir: Path, notes: list[str]) -> dict[str, tuple[str, str | N
             state = _parse_file(state_file, MAX_STATE_BYTES, _json_object, "JSON")
             out = {}
             for item in state["trial_data"]:
-                trial = json.loads(item[0])
+                trial = parse_json(item[0])
                 status, logdir = trial["status"], trial["relative_logdir"]
                 if not isinstance(status, str) or not isinstance(logdir, str):
                     raise TypeError("status and relative_logdir must be strings")
@@ -271,7 +281,7 @@ def _statuses(stage_dir: Path, notes: list[str]) -> dict[str, tuple[str, str | N
 def _read_result_lines(path: Path, notes: list[str]) -> tuple[list[dict], bool]:
     """Parsed result lines, and whether any line was unreadable (a damaged file)."""
     try:
-        data = _read_bytes(path)
+        data = _read_bytes(path, MAX_RESULT_BYTES)
     except _Unreadable as exc:
         notes.append(f"{_text(path)}: {exc}; its results are skipped")
         return [], True
@@ -281,8 +291,8 @@ def _read_result_lines(path: Path, notes: list[str]) -> tuple[list[dict], bool]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line)  # bytes: UTF-8 is checked by the parser
-        except (ValueError, RecursionError):
+            row = parse_json(line)  # bytes: UTF-8 is checked by the parser
+        except ValueError:
             bad.append(i + 1)
             continue
         if isinstance(row, dict):
@@ -337,6 +347,10 @@ def _trial_config(config: dict, dir_stage: str) -> tuple[dict | None, str | None
     if rep is None or not math.isfinite(rep) or rep != int(rep) or rep < 0:
         return None, f"'replicate' is {_text(repr(replicate))[:40]}, expected an integer >= 0", problems
     row: dict[str, Any] = {"stage": stage, "arm": _text(arm), "replicate": int(rep)}
+    if safe_name(row["arm"]) != row["arm"]:  # data, never markup: a safe form, and say so
+        problems.append(f"arm name {_text(repr(arm))[:60]} is not of letters, digits, '.', '_', '-'; "
+                        f"shown as '{safe_name(row['arm'])}'")
+        row["arm"] = safe_name(row["arm"])
     for key in STR_CONFIG:
         v = config.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -517,14 +531,18 @@ def load_results(paths: list[str | os.PathLike]) -> Results:
     meta: dict[str, dict] = {}
     rows = _Rows()
     for path in [check_experiment(raw) for raw in paths]:
-        name = _text(path.resolve().name or path.resolve())
+        name = safe_name(_text(path.resolve().name or path.resolve()))
         while name in experiments:
-            name += "'"
+            name += "_"
         experiments[name] = path
         is_sweep = any(_is_dir(path / s) for s in STAGES)
-        meta[name] = _read_meta(name, path, is_sweep, notes)
-        before = len(rows.trials)
-        _load_experiment(name, path, notes, rows)
+        _ROOT.append(path)
+        try:
+            meta[name] = _read_meta(name, path, is_sweep, notes)
+            before = len(rows.trials)
+            _load_experiment(name, path, notes, rows)
+        finally:
+            _ROOT.pop()
         if len(rows.trials) == before:
             notes.append(f"{_text(path)}: holds no readable trials yet")
     if not rows.trials:
@@ -560,83 +578,3 @@ def load_results(paths: list[str | os.PathLike]) -> Results:
         if trials[col].dtype == object and trials[col].isna().all():
             trials[col] = trials[col].astype(float)
     return Results(trials=trials, epochs=epochs, notes=notes, experiments=experiments, meta=meta)
-
-
-def readonly_sqlite_url(db: str | os.PathLike) -> str:
-    """SQLAlchemy URL opening ``db`` read-only (SQLite URI ``mode=ro``): it is never created or
-    written, whatever the reader does."""
-    from sqlalchemy.engine import URL
-
-    return URL.create("sqlite", database="file:" + urllib.parse.quote(os.path.abspath(db)),
-                      query={"mode": "ro", "uri": "true"}).render_as_string(hide_password=False)
-
-
-def _read_studies(db: Path) -> dict[str, object]:
-    """Every study in ``db``, copied into memory (later reads never touch the file)."""
-    import optuna
-
-    head = _read_head(db)
-    if len(head) == 0:
-        raise _Unreadable("empty file")
-    if head != _SQLITE_MAGIC:
-        raise _Unreadable("not an SQLite database")
-    storage = optuna.storages.RDBStorage(
-        readonly_sqlite_url(db), engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}},
-        skip_compatibility_check=True, skip_table_creation=True)
-    try:
-        studies = {}
-        for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
-            memory = optuna.storages.InMemoryStorage()
-            optuna.copy_study(from_study_name=summary.study_name, from_storage=storage, to_storage=memory)
-            studies[summary.study_name] = optuna.load_study(study_name=summary.study_name, storage=memory)
-        return studies
-    finally:
-        storage.engine.dispose()
-
-
-def _read_head(db: Path) -> bytes:
-    try:
-        st = db.stat()
-    except OSError as exc:
-        raise _Unreadable(_why(exc)) from None
-    if not stat.S_ISREG(st.st_mode):
-        raise _Unreadable("not a regular file")
-    try:
-        with open(db, "rb") as fh:
-            return fh.read(len(_SQLITE_MAGIC))
-    except OSError as exc:
-        raise _Unreadable(_why(exc)) from None
-
-
-def load_studies(results: Results) -> dict[str, object]:
-    """Optuna studies found in the experiments' ``optuna.db`` files, keyed by study name.
-
-    Each database is opened read-only and copied into memory; one that cannot be read (corrupt,
-    not SQLite, locked by a writer for over ``SQLITE_TIMEOUT_S``) is skipped with a note."""
-    import optuna
-
-    studies: dict[str, object] = {}
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "A new study created in memory" lines
-    try:
-        for path in results.experiments.values():
-            db = path / OPTUNA_DB
-            if not _exists(db):
-                continue
-            skip = "parameter importances are left out"
-            try:
-                studies.update(_read_studies(db))
-            except _Unreadable as exc:
-                results.notes.append(f"{_text(db)}: {exc}; {skip}")
-            except Exception as exc:  # sqlite/SQLAlchemy/Optuna errors: corrupt, locked, foreign schema
-                chain = []
-                while exc is not None and len(chain) < 10:  # Optuna wraps the sqlite3 error
-                    chain.append(exc)
-                    exc = exc.__cause__ or exc.__context__
-                reason = "locked by a writer (a running sweep?); rerun later" \
-                    if any("database is locked" in str(e) for e in chain) \
-                    else f"could not be read ({chain[-1].__class__.__name__}: {_text(chain[-1])[:120]})"
-                results.notes.append(f"{_text(db)}: {reason}; {skip}")
-    finally:
-        optuna.logging.set_verbosity(verbosity)
-    return studies

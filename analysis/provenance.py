@@ -14,8 +14,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis._files import Unreadable, parse_json, read_bytes, redact_text
 from analysis.contract import CONFIG_FILE, MARKER, RUNS_FILE
 from analysis.decision import MARGIN_POINTS
+from analysis.html import escape_markdown
+
+_SOURCES = ("cifar10", "synthetic")
+_HEX = set("0123456789abcdef")
+
+
+def _source(value: Any) -> str | None:
+    """A data source word the report knows, or None (a file's other strings never reach the text)."""
+    return value if value in _SOURCES else None
+
+
+def _digest(value: Any) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= 128 and set(value) <= _HEX else None
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**9 else None
 
 
 def _get(d: Any, *path: str) -> Any:
@@ -32,11 +50,16 @@ def describe_data(meta: dict | None) -> dict[str, Any]:
     if unknown) and per experiment its data.json (or the config's data.source)."""
     per: dict[str, dict] = {}
     for name, m in (meta or {}).items():
-        data = _get(m, "data") or {}
-        source = data.get("source") or _get(m, "config", "data", "source")
-        per[name] = {"source": source or "unknown", "train": data.get("train"), "val": data.get("val"),
-                     "test": data.get("test"), "digest": data.get("digest"), "official": data.get("official"),
-                     "warnings": list(data.get("warnings") or []), "recorded": bool(data)}
+        data = _get(m, "data")
+        data = data if isinstance(data, dict) else {}
+        source = _source(data.get("source")) or _source(_get(m, "config", "data", "source"))
+        official = data.get("official")
+        warnings = data.get("warnings") if isinstance(data.get("warnings"), list) else []
+        per[name] = {"source": source or "unknown", "train": _count(data.get("train")),
+                     "val": _count(data.get("val")), "test": _count(data.get("test")),
+                     "digest": _digest(data.get("digest")),
+                     "official": official if isinstance(official, bool) else None,
+                     "warnings": [str(w)[:300] for w in warnings[:20]], "recorded": bool(data)}
     sources = {v["source"] for v in per.values()}
     source = "unknown" if not per or sources == {"unknown"} else \
         sources.pop() if len(sources) == 1 else "mixed"
@@ -64,7 +87,7 @@ def data_sentence(info: dict[str, Any]) -> str:
             digest = f", digest {str(v['digest'])[:12]}" if v["digest"] else ""
             parts.append(f"`{name}`: {origin} ({sizes(v)}{digest})")
         else:
-            parts.append(f"`{name}`: source {v['source']} ({sizes(v)})")
+            parts.append(f"`{name}`: source unknown ({sizes(v)})")
     if not parts:
         return ("Data: source not recorded (no data.json or config.yaml in the experiment): the report "
                 "cannot say whether these are CIFAR-10 results.")
@@ -74,7 +97,7 @@ def data_sentence(info: dict[str, Any]) -> str:
                  "about SELU or ReLU on CIFAR-10.")
     warnings = [w for v in info["experiments"].values() for w in v["warnings"]]
     if warnings:
-        text += " Data warnings: " + "; ".join(warnings) + "."
+        text += " Data warnings: " + "; ".join(escape_markdown(" ".join(w.split())) for w in warnings) + "."
     return text
 
 
@@ -163,12 +186,11 @@ REPRODUCE_PACKAGES = ("selu-sweep", "ray", "optuna", "keras", "tensorflow", "num
 
 
 def _read_small(path: Path, limit: int = 1_000_000) -> bytes | None:
-    """A small regular file's bytes, or None (absent, not a file, too big, unreadable)."""
+    """A small regular file's bytes inside its experiment, or None (absent, not a regular file, a
+    link out of the experiment, too big, unreadable)."""
     try:
-        if not path.is_file() or path.stat().st_size > limit:
-            return None
-        return path.read_bytes()
-    except OSError:
+        return read_bytes(path, limit, inside=path.parent)
+    except Unreadable:
         return None
 
 
@@ -177,7 +199,6 @@ def reproduce_info(experiments: dict[str, Path]) -> list[dict[str, Any]]:
     of its ``config.yaml``, the selu-sweep version that created it (``.selu-sweep.json``), and the
     versions of the packages that matter installed where this report is made. Only reads."""
     import hashlib
-    import json
     from importlib.metadata import PackageNotFoundError, version
 
     installed = {}
@@ -192,17 +213,20 @@ def reproduce_info(experiments: dict[str, Path]) -> list[dict[str, Any]]:
         commands = []
         for line in (_read_small(Path(path) / RUNS_FILE) or b"").decode(errors="replace").splitlines():
             try:
-                run = json.loads(line)
+                run = parse_json(line)
             except ValueError:
                 continue
             if isinstance(run, dict) and isinstance(run.get("command"), str):
-                commands.append(f"{run['command']}  # {run.get('mode', '?')} {run.get('time', '')}".strip())
+                mode, when = str(run.get("mode", "?"))[:20], str(run.get("time", ""))[:40]
+                command = " ".join(redact_text(run["command"][:2000]).split())  # one line, no password
+                commands.append(f"{command}  # {' '.join(mode.split())} {' '.join(when.split())}".strip())
         try:
-            marker = json.loads((_read_small(Path(path) / MARKER) or b"{}").decode())
+            marker = parse_json((_read_small(Path(path) / MARKER) or b"{}").decode(errors="replace"))
         except ValueError:
             marker = {}
-        out.append({"experiment": name, "commands": commands,
+        version = marker.get("version") if isinstance(marker, dict) else None
+        out.append({"experiment": name, "commands": commands[-50:],
                     "config_sha256": hashlib.sha256(config).hexdigest() if config is not None else None,
-                    "created_with": marker.get("version") if isinstance(marker, dict) else None,
+                    "created_with": " ".join(str(version).split())[:40] if version is not None else None,
                     "installed": installed})
     return out

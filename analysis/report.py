@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +24,7 @@ from analysis import html as html_page
 from analysis import plots
 from analysis.claims import conclude
 from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
-from analysis.load import Results, load_results, load_studies
+from analysis.load import Results, load_results
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import (
     describe_data,
@@ -33,6 +34,7 @@ from analysis.provenance import (
     sweep_settings,
 )
 from analysis.stats import LABELS
+from analysis.studies import load_studies
 from analysis.summaries import (
     arm_summary,
     expected_best_curve,
@@ -201,7 +203,7 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
     margin = report.margin_points
     parts = [
         "# SELU vs ReLU: sweep report", "",
-        f"Experiments: {', '.join(f'`{n}` ({p})' for n, p in results.experiments.items())}.  ",
+        f"Experiments: {', '.join(f'`{n}` ({_esc(p)})' for n, p in results.experiments.items())}.  ",
         _environment(), "",
         "## Verdict", "",
         *[f"- {line}" for line in report.verdict], "",
@@ -266,7 +268,8 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         parts += [f"![{name}](figures/{Path(path).name})" for name, path in figures.items()]
         parts.append("")
     if report.notes:
-        parts += ["## Notes: what was skipped, missing or special", "", *[f"- {n}" for n in report.notes], ""]
+        parts += ["## Notes: what was skipped, missing or special", "",
+                  *[f"- {_esc(n)}" for n in report.notes], ""]
     return "\n".join(parts)
 
 
@@ -275,17 +278,47 @@ def _reproduce_section(infos: list[dict]) -> list[str]:
     parts = ["## How to reproduce", ""]
     for info in infos:
         sha = info["config_sha256"]
+        version = _esc(info["created_with"]) if info["created_with"] else "version not recorded"
         parts += [f"`{info['experiment']}`: config.yaml SHA-256 "
                   f"{'`' + sha + '`' if sha else 'not recorded (no config.yaml)'}; created with selu-sweep "
-                  f"{info['created_with'] or 'version not recorded'}.", ""]
+                  f"{version}.", ""]
         if info["commands"]:
-            parts += ["```", *info["commands"], "```", ""]
+            fence = _fence(info["commands"])
+            parts += [fence, *info["commands"], fence, ""]
         else:
             parts += ["The command line was not recorded (no runs.jsonl).", ""]
     if infos:
         versions = ", ".join(f"{k} {v}" for k, v in infos[0]["installed"].items())
         parts += [f"Packages where this report was made: {versions}.", ""]
     return parts
+
+
+def _esc(text) -> str:
+    """File- or user-controlled text as literal Markdown (one line; nothing in it becomes markup)."""
+    return html_page.escape_markdown(str(text))
+
+
+def _fence(lines: list[str]) -> str:
+    """A code fence longer than any run of backticks in ``lines``: none of them can close it."""
+    runs = [len(m) for line in lines for m in re.findall(r"`+", line)]
+    return "`" * max(3, *(r + 1 for r in runs))
+
+
+# OWASP's CSV injection rule: a cell beginning with one of these is a formula to a spreadsheet.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with every text cell that a spreadsheet would run as a formula prefixed by a single
+    quote (OWASP); numbers (also negative ones) stay numbers."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START)
+                                    else v)
+    out.columns = [("'" + c) if isinstance(c, str) and c.startswith(_FORMULA_START) else c
+                   for c in out.columns]
+    return out
 
 
 def render_html(markdown: str, figures: dict[str, str]) -> str:
@@ -327,10 +360,10 @@ def save_report(results: Results, out: str | os.PathLike, studies: dict | None =
     written = {"trials_csv": out / "trials.csv", "epochs_csv": out / "epochs.csv",
                "tests_csv": out / "tests.csv", "overfitting_csv": out / "overfitting_by_epoch.csv",
                "md": out / "report.md", "html": out / "report.html", "verdict_json": out / "verdict.json"}
-    results.trials.to_csv(written["trials_csv"], index=False)
-    results.epochs.to_csv(written["epochs_csv"], index=False)
-    report.comparisons.to_csv(written["tests_csv"], index=False)
-    report.overfitting.to_csv(written["overfitting_csv"], index=False)
+    csv_safe(results.trials).to_csv(written["trials_csv"], index=False)
+    csv_safe(results.epochs).to_csv(written["epochs_csv"], index=False)
+    csv_safe(report.comparisons).to_csv(written["tests_csv"], index=False)
+    csv_safe(report.overfitting).to_csv(written["overfitting_csv"], index=False)
     try:
         results.trials.to_parquet(out / "trials.parquet", index=False)
         results.epochs.to_parquet(out / "epochs.parquet", index=False)
@@ -344,7 +377,9 @@ def save_report(results: Results, out: str | os.PathLike, studies: dict | None =
     return {k: str(v) for k, v in {**written, **figures}.items()}
 
 
-def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> dict[str, str]:
-    """Load ``paths``, write the report files into ``out``; returns {kind: path}."""
+def write_report(paths: list[str | os.PathLike], out: str | os.PathLike,
+                 optuna_storage: str | None = None) -> dict[str, str]:
+    """Load ``paths``, write the report files into ``out``; returns {kind: path}. The Optuna studies
+    come from each sweep's own database (``optuna_storage`` overrides it, with its password)."""
     results = load_results(paths)
-    return save_report(results, out, load_studies(results))
+    return save_report(results, out, load_studies(results, optuna_storage))

@@ -49,12 +49,14 @@ class CompletionRecords(Callback):
 
 def _snapshot_files(directory: str) -> list[str]:
     """Tune's experiment snapshot in a stage directory: the top-level .json/.pkl files that
-    ``sync_down_experiment_state`` restores, except ``tuner.pkl`` (written once, at the start)."""
+    ``sync_down_experiment_state`` restores and their signatures (``sweeps.trust``), except
+    ``tuner.pkl`` (written once, at the start)."""
     try:
         names = os.listdir(directory)
     except OSError:
         return []
-    return sorted(n for n in names if n.endswith((".json", ".pkl")) and n != "tuner.pkl"
+    return sorted(n for n in names if n.endswith((".json", ".pkl", ".json.sig", ".pkl.sig"))
+                  and n not in ("tuner.pkl", "tuner.pkl.sig")
                   and not n.startswith(".") and os.path.isfile(os.path.join(directory, n)))
 
 

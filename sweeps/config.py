@@ -26,6 +26,8 @@ from typing import Any, ClassVar
 
 import yaml
 
+from analysis._files import MAX_YAML_BYTES, Unreadable, load_yaml
+from analysis.contract import MAX_NAME, NAME_PATTERN
 from trainable.dataset import NORMALIZATIONS
 from trainable.model import ACTIVATIONS, INITIALIZERS
 from trainable.train import DEFAULTS
@@ -34,8 +36,15 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "default.yaml"
 SEARCHABLE = ("lr", "batch_size", "dropout")
 SEED_LIMIT = 2**31          # seeds are 0 <= s < 2**31: safe for numpy, TF, JAX and Optuna
-MAX_NAME = 100              # names become path components and study names
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(NAME_PATTERN)  # names become path components, study names and report text
+# Upper bounds on every size and count, so a typo cannot ask for terabytes or a year of trials.
+# Data sizes are at most the real dataset's (CIFAR-10: 50,000 training and 10,000 test images).
+CIFAR10_TRAIN, CIFAR10_TEST = 50_000, 10_000
+MAX_EPOCHS = 10_000
+MAX_TRIALS = 100_000        # search.num_samples, confirm.seeds, replicates x arms x seeds
+MAX_ARMS = 100
+MAX_TEXT = 4096             # any string value (paths, URLs, names of trackers)
+MAX_OVERRIDE_PARTS = 8      # --set a.b.c: the config is 4 levels deep
 
 
 class ConfigError(ValueError):
@@ -46,9 +55,18 @@ class ConfigError(ValueError):
 # Checks shared by the sections
 
 
+def show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters: an error message never formats an unbounded value."""
+    if isinstance(value, (dict, list, tuple)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'} of {len(value)} item(s)"
+    text = repr(value[:limit + 1] if isinstance(value, str) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def check_name(key: str, value: str) -> None:
-    if not _NAME_RE.match(value) or len(value) > MAX_NAME or value in (".", ".."):
-        raise ConfigError(f"{key}: {value[:120]!r} must be letters, digits, '.', '_' or '-' (at most "
+    if not isinstance(value, str) or not _NAME_RE.match(value) or len(value) > MAX_NAME \
+            or value in (".", ".."):
+        raise ConfigError(f"{key}: {show(value)} must be letters, digits, '.', '_' or '-' (at most "
                           f"{MAX_NAME}, starting with a letter or digit)")
 
 
@@ -57,14 +75,16 @@ def _seed(key: str, value: int) -> None:
         raise ConfigError(f"{key}: seeds must be 0 <= seed < 2**31, got {value}")
 
 
-def _at_least(key: str, value: float, low: float) -> None:
+def _at_least(key: str, value: float, low: float, high: float | None = None) -> None:
     if value < low:
-        raise ConfigError(f"{key}: must be at least {low:g}, got {value}")
+        raise ConfigError(f"{key}: must be at least {low:g}, got {show(value)}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}: must be at most {high:g}, got {show(value)}")
 
 
 def _one_of(key: str, value: Any, allowed) -> None:
     if value not in allowed:
-        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        raise ConfigError(f"{key}: {show(value)} is not one of {', '.join(map(str, allowed))}")
 
 
 def _check_value(key: str, name: str, value: float) -> None:
@@ -73,6 +93,11 @@ def _check_value(key: str, name: str, value: float) -> None:
         raise ConfigError(f"{key}: the learning rate must be a positive number, got {value}")
     if name in ("epochs", "batch_size") and value < 1:
         raise ConfigError(f"{key}: {name} must be at least 1, got {value}")
+    if name == "epochs" and value > MAX_EPOCHS:
+        raise ConfigError(f"{key}: epochs must be at most {MAX_EPOCHS:,}, got {show(value)}")
+    if name == "batch_size" and value > CIFAR10_TRAIN:
+        raise ConfigError(f"{key}: batch_size must be at most {CIFAR10_TRAIN:,} (the training set), "
+                          f"got {show(value)}")
     if name == "dropout" and not 0 <= value < 1:
         raise ConfigError(f"{key}: dropout must be in [0, 1), got {value}")
 
@@ -96,6 +121,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     expected = _TYPE_NAMES.get(hint, str(hint))
     if isinstance(value, bool) and hint is not bool:
         raise ConfigError(f"{key}: expected {expected}, got {value!r}")
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise ConfigError(f"{key}: longer than {MAX_TEXT} characters; not a sweep setting")
     if hint is float:
         if isinstance(value, str):
             try:  # YAML 1.1 reads "1e-3" as a string; accept it as the number it obviously is
@@ -109,7 +136,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if hint is int and isinstance(value, float) and value.is_integer() and math.isfinite(value):
         value = int(value)
     if not isinstance(value, hint):
-        raise ConfigError(f"{key}: expected {expected}, got {str(value)[:80]!r}")
+        raise ConfigError(f"{key}: expected {expected}, got {show(value)}")
     return value
 
 
@@ -133,12 +160,12 @@ class _Section:
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
-            raise ConfigError(f"{key or 'config'}: expected a mapping of settings, got {str(raw)[:80]!r}")
+            raise ConfigError(f"{key or 'config'}: expected a mapping of settings, got {show(raw)}")
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         kwargs = {}
         for k, v in raw.items():
-            full = f"{key}.{k}" if key else str(k)
+            full = f"{key}.{str(k)[:40]}" if key else str(k)[:40]
             if k not in fields:
                 raise _unknown(full, fields)
             parse = fields[k].metadata.get("parse")
@@ -197,14 +224,14 @@ def _parse_space(raw: Any, key: str) -> tuple[ParamSpec, ...]:
         raise ConfigError(f"{key}: expected a mapping such as {{lr: {{low: 1e-4, high: 1e-2}}}}")
     specs = []
     for name, spec in sorted(raw.items(), key=lambda kv: str(kv[0])):
-        k = f"{key}.{name}"
+        k = f"{key}.{str(name)[:40]}"
         if name == "epochs":
             raise ConfigError(f"{k}: epochs are not searched: every trial trains toward search.max_epochs "
                               f"and its epochs are read off its validation curve; set search.max_epochs")
         if name not in SEARCHABLE:
             raise _unknown(k, SEARCHABLE)
         if not isinstance(spec, dict):
-            raise ConfigError(f"{k}: expected {{low: .., high: ..}} or {{choices: [..]}}, got {spec!r}")
+            raise ConfigError(f"{k}: expected {{low: .., high: ..}} or {{choices: [..]}}, got {show(spec)}")
         num = int if name in ("epochs", "batch_size") else float
         out: dict[str, Any] = {}
         for sk, sv in spec.items():
@@ -214,10 +241,12 @@ def _parse_space(raw: Any, key: str) -> tuple[ParamSpec, ...]:
                 out[sk] = _coerce(f"{k}.{sk}", sv, bool)
             elif sk == "choices":
                 if not isinstance(sv, list):
-                    raise ConfigError(f"{k}.choices: expected a list, got {sv!r}")
+                    raise ConfigError(f"{k}.choices: expected a list, got {show(sv)}")
+                if len(sv) > 1000:
+                    raise ConfigError(f"{k}.choices: at most 1000 values, got {len(sv)}")
                 out[sk] = tuple(_coerce(f"{k}.choices", c, num) for c in sv)
             else:
-                raise _unknown(f"{k}.{sk}", ("low", "high", "log", "choices"))
+                raise _unknown(f"{k}.{str(sk)[:40]}", ("low", "high", "log", "choices"))
         if num is int:
             for b in ("low", "high"):
                 if b in out and out[b].is_integer():
@@ -234,10 +263,11 @@ class EarlyStoppingConfig(_Section):
     reduction_factor: int = 3
 
     def __post_init__(self):
-        _at_least(f"{self.KEY}.grace_period", self.grace_period, 1)
-        _at_least(f"{self.KEY}.reduction_factor", self.reduction_factor, 2)
+        _at_least(f"{self.KEY}.grace_period", self.grace_period, 1, MAX_EPOCHS)
+        _at_least(f"{self.KEY}.reduction_factor", self.reduction_factor, 2, 100)
 
 
+MAX_REPLICATES = 1000            # each a whole tuning of every arm
 MIN_SEQUENTIAL = 3                # the first look of a sequential plan needs at least 3 replicate pairs
 
 
@@ -306,12 +336,13 @@ def _parse_replicates(raw: Any, key: str) -> Replicates:
                               f"got {low}")
         if high < low:
             raise ConfigError(f"{key}.max: must be at least min ({low}), got {high}")
+        _at_least(f"{key}.max", high, low, MAX_REPLICATES)
         if budget is not None and not budget > 0:
             raise ConfigError(f"{key}.budget_minutes: must be a positive number of minutes, got {budget}")
         return Replicates(high, low, budget)
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
         value = _coerce(key, raw, int)
-        _at_least(key, value, 1)
+        _at_least(key, value, 1, MAX_REPLICATES)
         return Replicates(value)
     raise ConfigError(f"{key}: expected an integer or a mapping, got {str(raw)[:80]!r}; {_REPLICATES_FIX}")
 
@@ -339,14 +370,14 @@ class SearchConfig(_Section):
         _one_of("search.mode", self.mode, ("stratified", "joint"))
         _one_of("search.objective", self.objective, ("final", "best"))
         _seed("search.seed", self.seed)
-        _at_least("search.max_epochs", self.max_epochs, 1)
+        _at_least("search.max_epochs", self.max_epochs, 1, MAX_EPOCHS)
         if self.n_startup_trials is not None:
-            _at_least("search.n_startup_trials", self.n_startup_trials, 0)
+            _at_least("search.n_startup_trials", self.n_startup_trials, 0, MAX_TRIALS)
         if self.reference_point and self.mode == "stratified":
             raise ConfigError("search.reference_point: the stratified search has no privileged trial (every "
                               "candidate comes from the shared design); set it false, or use mode joint")
         if self.enabled:
-            _at_least("search.num_samples", self.num_samples, 1)
+            _at_least("search.num_samples", self.num_samples, 1, MAX_TRIALS)
             if not self.space:
                 raise ConfigError("search.space: nothing to search; add e.g. lr: {low: 1e-4, high: 1e-2, "
                                   "log: true} or set search.enabled: false")
@@ -372,8 +403,8 @@ class SyntheticConfig(_Section):
     seed: int = 0
 
     def __post_init__(self):
-        _at_least(f"{self.KEY}.train", self.train, 2)
-        _at_least(f"{self.KEY}.test", self.test, 1)
+        _at_least(f"{self.KEY}.train", self.train, 2, CIFAR10_TRAIN)
+        _at_least(f"{self.KEY}.test", self.test, 1, CIFAR10_TEST)
         _seed(f"{self.KEY}.seed", self.seed)
 
 
@@ -392,12 +423,12 @@ class DataConfig(_Section):
     def __post_init__(self):
         _one_of("data.source", self.source, ("cifar10", "synthetic"))
         _one_of("data.validate_on", self.validate_on, ("val", "test"))
-        _at_least("data.val_size", self.val_size, 0)
+        _at_least("data.val_size", self.val_size, 0, CIFAR10_TRAIN - 1)
         _seed("data.split_seed", self.split_seed)
         if self.validate_on == "val" and self.val_size == 0:
             raise ConfigError("data.val_size: validate_on 'val' needs a validation split; set val_size > 0")
         if self.train_subset is not None:
-            _at_least("data.train_subset", self.train_subset, 1)
+            _at_least("data.train_subset", self.train_subset, 1, CIFAR10_TRAIN)
         if self.source == "synthetic" and self.synthetic.train <= self.val_size:
             raise ConfigError(f"data.synthetic.train: {self.synthetic.train} images cannot hold out "
                               f"val_size {self.val_size}; make it larger than val_size")
@@ -434,7 +465,7 @@ class TrainConfig(_Section):
         _one_of("train.normalization", self.normalization, NORMALIZATIONS)
         if not self.divergence_loss > 0:
             raise ConfigError("train.divergence_loss: must be a positive loss value")
-        _at_least("train.checkpoint_every", self.checkpoint_every, 1)
+        _at_least("train.checkpoint_every", self.checkpoint_every, 1, MAX_EPOCHS)
 
     def trial_values(self) -> dict[str, Any]:
         """The trial-config values every trial of the sweep shares (arms and search may override)."""
@@ -479,6 +510,8 @@ class ArmConfig(_Section):
 def _parse_arms(raw: Any, key: str) -> tuple[ArmConfig, ...]:
     if not isinstance(raw, list) or not raw:
         raise ConfigError("arms: list at least one arm, e.g. [{name: relu, activation: relu}]")
+    if len(raw) > MAX_ARMS:
+        raise ConfigError(f"arms: at most {MAX_ARMS} arms, got {len(raw)}")
     arms = []
     for i, item in enumerate(raw):
         if isinstance(item, str):  # shorthand: "- selu"
@@ -508,7 +541,7 @@ class ConfirmConfig(_Section):
 
     def __post_init__(self):
         if self.enabled:
-            _at_least("confirm.seeds", self.seeds, 1)
+            _at_least("confirm.seeds", self.seeds, 1, 1000)
         _seed("confirm.seed", self.seed)
 
 
@@ -521,19 +554,20 @@ class ResourcesConfig(_Section):
     wait_for_nodes_s: float = 600.0   # how long to wait for the autoscaler to add a node that fits a trial
 
     def __post_init__(self):
-        if self.cpus_per_trial <= 0:
-            raise ConfigError(f"resources.cpus_per_trial: must be > 0, got {self.cpus_per_trial}")
+        if not 0 < self.cpus_per_trial <= 1024:
+            raise ConfigError(f"resources.cpus_per_trial: must be > 0 and at most 1024, got "
+                              f"{self.cpus_per_trial}")
         g = self.gpus_per_trial
-        if g < 0:
-            raise ConfigError(f"resources.gpus_per_trial: must be >= 0, got {g}")
+        if not 0 <= g <= 64:
+            raise ConfigError(f"resources.gpus_per_trial: must be >= 0 and at most 64, got {g}")
         if g > 1 and g != int(g):
             raise ConfigError(f"resources.gpus_per_trial: above 1 it must be a whole number, got {g}")
         if 0 < g < 1 and not math.isclose(1 / g, round(1 / g), rel_tol=1e-9):
             raise ConfigError(f"resources.gpus_per_trial: {g} does not divide a GPU evenly; "
                               f"use 1/k such as 0.5, 0.25 or 0.125")
         if self.max_concurrent_trials is not None:
-            _at_least("resources.max_concurrent_trials", self.max_concurrent_trials, 1)
-        _at_least("resources.wait_for_nodes_s", self.wait_for_nodes_s, 0)
+            _at_least("resources.max_concurrent_trials", self.max_concurrent_trials, 1, MAX_TRIALS)
+        _at_least("resources.wait_for_nodes_s", self.wait_for_nodes_s, 0, 7 * 24 * 3600)
 
 
 @dataclass(frozen=True)
@@ -594,7 +628,12 @@ class SweepConfig(_Section):
             raise ConfigError("storage_path: empty; give a directory or an s3:// / gs:// URI")
         if not self.arms:
             raise ConfigError("arms: list at least one arm, e.g. [{name: relu, activation: relu}]")
-        _at_least("max_failures", self.max_failures, 0)
+        _at_least("max_failures", self.max_failures, 0, 100)
+        total = self.search.num_samples * len(self.arms) * self.search.replicates if self.search.enabled \
+            else 0
+        if total + self.confirm.seeds * len(self.arms) * self.search.replicates > MAX_TRIALS:
+            raise ConfigError(f"search.num_samples x arms x replicates (+ confirmation trials) exceeds "
+                              f"{MAX_TRIALS:,} trials; lower them")
         if self.search.enabled and self.data.validate_on == "test":
             raise ConfigError("data.validate_on: 'test' would select models on the test set; use 'val' "
                               "for a search (only a search-free reproduction may validate on test)")
@@ -634,6 +673,8 @@ class SweepConfig(_Section):
 
 def _apply_override(raw: dict, key: str, value: Any, shown: str) -> None:
     parts = key.strip().split(".")
+    if len(parts) > MAX_OVERRIDE_PARTS:
+        raise ConfigError(f"{shown[:60]}: a key of {len(parts)} parts; the config is at most 4 levels deep")
     if not all(parts):
         raise ConfigError(f"{shown}: empty key segment in {key!r}")
     node: Any = raw
@@ -641,14 +682,14 @@ def _apply_override(raw: dict, key: str, value: Any, shown: str) -> None:
         last = i == len(parts) - 1
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"{shown}: '{part}' is not an index of that list (0..{len(node) - 1})")
+                raise ConfigError(f"{shown}: '{part[:40]}' is not an index of that list (0..{len(node) - 1})")
             if last:
                 node[int(part)] = value
                 return
             node = node[int(part)]
             continue
         if not isinstance(node, dict):
-            raise ConfigError(f"{shown}: '{'.'.join(parts[:i])}' is a value, not a section")
+            raise ConfigError(f"{shown}: '{'.'.join(parts[:i])[:80]}' is a value, not a section")
         if last:
             node[part] = value
             return
@@ -660,37 +701,42 @@ def _apply_override(raw: dict, key: str, value: Any, shown: str) -> None:
 def parse_assignment(assignment: str) -> tuple[str, Any]:
     """``KEY=VALUE`` from ``--set``; the value is YAML-typed (``--set search.num_samples=8``)."""
     if "=" not in assignment:
-        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, e.g. --set search.num_samples=8")
+        raise ConfigError(f"--set {show(assignment)}: expected KEY=VALUE, e.g. --set search.num_samples=8")
     key, _, text = assignment.partition("=")
+    if len(key) > 200:
+        raise ConfigError(f"--set {show(key, 60)}: not a config key (longer than 200 characters)")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
+    except Unreadable as exc:
+        raise ConfigError(f"--set {key}: {exc}") from None
     except yaml.YAMLError:
         value = text
     return key, value
 
 
 def read_yaml(path: str | Path) -> dict:
+    from analysis._files import read_text
+
     path = Path(path)
+    shown = str(path)[:200]
     try:
-        if path.stat().st_size > 1_000_000:
-            raise ConfigError(f"--config {path}: larger than 1 MB; not a sweep config")
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file; see sweeps/configs/ for examples") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"--config {path}: cannot read it ({exc.__class__.__name__})") from None
-    return parse_yaml_text(text, f"--config {path}")
+        text = read_text(path, MAX_YAML_BYTES)
+    except Unreadable as exc:
+        if str(exc) == "missing":
+            raise ConfigError(f"--config {shown}: no such file; see sweeps/configs/ for examples") from None
+        raise ConfigError(f"--config {shown}: cannot read it ({exc})") from None
+    return parse_yaml_text(text, f"--config {shown}")
 
 
 def parse_yaml_text(text: str, where: str) -> dict:
     try:
-        raw = yaml.safe_load(text)
+        raw = load_yaml(text)
+    except Unreadable as exc:
+        raise ConfigError(f"{where}: {exc}; not a sweep config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{where}: invalid YAML{at}; fix the syntax") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: nested too deeply; not a sweep config") from None
     if raw is None:
         raise ConfigError(f"{where}: the file is empty")
     if not isinstance(raw, dict):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import socket
 import time
 import warnings
@@ -17,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from analysis._files import redact_text, redact_tree
 from analysis.contract import CONFIG_FILE, DATA_FILE, MARKER, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
@@ -134,10 +134,8 @@ def data_info(dataset) -> dict[str, Any]:
 
 
 def _saved_config(cfg: SweepConfig) -> str:
-    raw = cfg.to_dict()
-    raw["storage_path"] = redact(raw["storage_path"])
-    raw["search"]["optuna_storage"] = redact(raw["search"]["optuna_storage"])
-    return yaml.safe_dump(raw, sort_keys=False)
+    """The resolved config, every URL in it (storage, database, tracker URIs) without its password."""
+    return yaml.safe_dump(redact_tree(cfg.to_dict()), sort_keys=False)
 
 
 def open_experiment(cfg: SweepConfig, options: RunOptions, exp: Experiment, dataset) -> str:
@@ -159,4 +157,4 @@ def open_experiment(cfg: SweepConfig, options: RunOptions, exp: Experiment, data
 
 
 def redact_command(command: str) -> str:
-    return " ".join(redact(part) or part for part in shlex.split(command)) if command else ""
+    return redact_text(command) if command else ""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sweeps.config import ConfigError, SweepConfig
+from sweeps.config import ConfigError, SweepConfig, show
 
 CONNECT_TIMEOUT_S = 10.0
 _QUIET_LOGGERS = (
@@ -67,13 +67,13 @@ def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> No
         return
     target = _auto_address() if address == "auto" else address
     default_port = 10001 if target.startswith("ray://") else 6379
-    parts = urlsplit(target if "://" in target else f"ray://{target}")
     try:
+        parts = urlsplit(target if "://" in target else f"ray://{target}")
         host, port = parts.hostname, parts.port or default_port
-    except ValueError:
+    except ValueError:  # '[::1' (an unclosed IPv6 bracket), a port out of range
         host = None
-    if not host:
-        raise ConfigError(f"--address {address}: expected HOST:PORT, ray://HOST:PORT, auto or local")
+    if not host or len(address) > 1000:
+        raise ConfigError(f"--address {show(address)}: expected HOST:PORT, ray://HOST:PORT, auto or local")
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
@@ -83,9 +83,27 @@ def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> No
                           f"`ray up cluster.yaml` or omit --address for a local run") from None
 
 
+# Cloud credentials Ray Tune copies from the driver's environment into every trial actor's
+# ``runtime_env`` env_vars (ray.tune.execution.class_cache), which Ray then logs, world-readable,
+# under /tmp/ray/session_*/logs. Trials never get them from the tool: a local trial inherits the
+# driver's environment anyway, and a cluster's nodes use their own credentials (instance roles).
+CREDENTIAL_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "GCLOUD_", "AZURE_", "ABFS_")
+
+
+def keep_credentials_out_of_runtime_env() -> None:
+    """Drop cloud credentials from the variables Ray Tune forwards in ``runtime_env``."""
+    from ray.tune.execution import class_cache
+
+    class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
+        v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith(CREDENTIAL_PREFIXES))
+
+
 def start_ray(cfg: SweepConfig):
-    """Join the cluster the user named (``address`` or RAY_ADDRESS), else start a private one."""
+    """Join the cluster the user named (``address`` or RAY_ADDRESS), else start a private one.
+    Cloud credentials are never put into a ``runtime_env``."""
     import ray
+
+    keep_credentials_out_of_runtime_env()
 
     if ray.is_initialized():  # e.g. a test or notebook that started Ray itself
         return ray

@@ -16,6 +16,7 @@ import argparse
 import os
 import shlex
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script from a checkout: make the packages importable
@@ -64,12 +65,17 @@ def parse(argv: list[str] | None = None):
 
     Every override is applied here, once: ``--set`` values are YAML-typed, flags are taken
     literally. ``name`` and ``storage_path`` are resolved first (flags, then ``--set``, then the
-    config file), because ``--resume`` and ``--confirm-only`` continue from the saved config.
+    config file), because ``--resume`` and ``--confirm-only`` continue from the saved config; that
+    config's ``address`` is not used (a resumed run joins only a cluster its command line names).
+    The command line is recorded with every URL's password redacted (``--flag URL``,
+    ``--flag=URL``, ``--set key=URL``): the one place it is redacted, before anything is written.
     """
+    from analysis._files import redact_text
     from analysis.contract import CONFIG_FILE
-    from sweeps.config import parse_assignment, parse_yaml_text
-    from sweeps.experiment import Experiment, has_redacted_password
+    from sweeps.config import parse_assignment, parse_yaml_text, show
+    from sweeps.experiment import Experiment, check_storage_path, has_redacted_password
     from sweeps.prepare import RunOptions
+    from sweeps.studies import has_env_password, without_password
 
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -84,16 +90,21 @@ def parse(argv: list[str] | None = None):
         name = str(flags.get("name", sets.get("name", raw.get("name", ""))))
         storage = str(flags.get("storage_path", sets.get("storage_path", raw.get("storage_path", "results"))))
         check_name("name", name)
+        check_storage_path(storage)
         text = Experiment(storage, name).read_text(CONFIG_FILE)
         if text is not None:
-            raw = parse_yaml_text(text, f"{storage}/{name}/{CONFIG_FILE} (saved config)")
+            raw = parse_yaml_text(text, f"{show(storage, 200)}/{name}/{CONFIG_FILE} (saved config)")
+            raw.pop("address", None)  # never join the saved cluster unless the command line names it
     cfg = parse_config(raw, args.overrides, flags)
-    if has_redacted_password(cfg.search.optuna_storage):
-        raise ConfigError("search.optuna_storage: the saved config hides the database password; pass "
-                          "--optuna-storage URL again")
+    url = cfg.search.optuna_storage
+    if has_redacted_password(url):
+        if not has_env_password(url):
+            raise ConfigError("search.optuna_storage: the saved config hides the database password; pass "
+                              "--optuna-storage URL again, or set PGPASSWORD (or ~/.pgpass) / MYSQL_PWD")
+        cfg = replace(cfg, search=replace(cfg.search, optuna_storage=without_password(url)))
     options = RunOptions(resume=args.resume, overwrite=args.overwrite, skip_confirm=args.skip_confirm,
                          confirm_only=args.confirm_only, report=not args.no_report,
-                         command=shlex.join(["sweeps/run.py", *argv]))
+                         command=redact_text(shlex.join(["sweeps/run.py", *argv])))
     return cfg, options
 
 
@@ -107,16 +118,26 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     import signal
 
+    from analysis.contract import STAGES
     from sweeps.experiment import Experiment, redact
     from sweeps.prepare import SweepFailed, SweepInterrupted, validate
+    from sweeps.studies import export_password
+    from sweeps.trust import verify_dir
     from trainable.cifar10 import DataError
 
     # SIGTERM stops like Ctrl-C until the sweep installs its own handlers (sweeps.runner.stop_signals).
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         cfg, options = parse(argv)
+        export_password(cfg.search.optuna_storage)  # the secret, once: where the clients read it
         exp = Experiment(cfg.storage_path, cfg.name)
         validate(cfg, options, exp)  # once, and fast: before Ray is imported
+        if options.overwrite and exp.has_sweep():  # only the sweep's own entries, of this very directory
+            exp.check_deletable()
+        if options.resume or options.confirm_only:  # what a restore would unpickle: signed by this user?
+            for stage in STAGES:
+                if exp.has_stage(stage):
+                    verify_dir(exp.join(stage))
         from sweeps.runner import run_sweep
 
         path = run_sweep(cfg, options, exp=exp, validated=True)

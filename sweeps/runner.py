@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis.contract import CONFIRM, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
-from sweeps import seeds, trackers
+from sweeps import seeds, trackers, trust
 from sweeps.completion import CompletionRecords, restore_snapshot, trust_completion_records
 from sweeps.config import ConfigError, Replicates, SweepConfig
 from sweeps.experiment import Experiment, redact
@@ -252,11 +252,18 @@ def _fit(cfg: SweepConfig, exp: Experiment, batch: Batch, trainable, make_tuner,
     from ray import tune
 
     path = batch.path(exp)
+    trust.install()  # Tune signs its experiment state as it saves it
     if tune.Tuner.can_restore(path):
         try:
             if not exp.remote:
                 restore_snapshot(path)  # Tune's own copy may be cut short by a kill
-            trust_completion_records(path)
+        except Exception as exc:  # a damaged copy: the verification below decides
+            print(f"warning: {redact(path)}: the last snapshot could not be put back "
+                  f"({exc.__class__.__name__})", file=sys.stderr, flush=True)
+        trust.verify_dir(path)  # before anything in it is unpickled
+        try:
+            if trust_completion_records(path):
+                trust.sign_dir(path)  # our own edit of the state just verified
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         except Exception as exc:  # a damaged experiment state: say so instead of a traceback
             first_line = str(exc).splitlines()[0][:120] if str(exc) else ""
@@ -375,6 +382,7 @@ def _search_results(exp: Experiment, trainable, batch: Batch):
     path = batch.path(exp)
     if not tune.Tuner.can_restore(path):
         return None
+    trust.verify_dir(path)  # before anything in it is unpickled
     return tune.Tuner.restore(path, trainable=trainable).get_results()
 
 
@@ -544,22 +552,28 @@ def run_sweep(cfg: SweepConfig, options: RunOptions = RunOptions(), dataset=None
 
 
 def _local_copy(exp: Experiment) -> str:
-    """A local directory holding the experiment (itself, or a fresh copy of a remote one)."""
+    """A local directory holding the experiment: itself, or a fresh copy of a remote one inside a
+    directory this tool made (``Experiment.local_copy``: never a user's own ``results/<name>``)."""
     if not exp.remote:
         return exp.path
-    import shutil
-
-    local = Path("results") / exp.name / "experiment"
-    if local.exists():
-        shutil.rmtree(local)
-    return str(exp.copy_to_local(local))
+    return str(exp.local_copy("results") / "experiment")
 
 
 def write_report(exp: Experiment) -> str | None:
     """Write the analysis report into ``<exp>/report`` (a local dir when ``exp`` is remote)."""
     from analysis.report import write_report as _write
 
-    out = str(Path("results") / exp.name / REPORT_DIR) if exp.remote else exp.join(REPORT_DIR)
-    paths = _write([_local_copy(exp)], out)  # analysis reads local files: a remote one is copied down
+    if not exp.remote:
+        paths = _write([exp.path], exp.join(REPORT_DIR))
+        print(f"report: {paths['md']}", flush=True)
+        return exp.join(REPORT_DIR)
+    # analysis reads local files: copy the experiment down first, into a directory of ours
+    local = _local_copy(exp)
+    out = str(Path(local).parent / REPORT_DIR)
+    old = os.umask(0o077)  # the report of a copy is user-only, as the copy is
+    try:
+        paths = _write([local], out)
+    finally:
+        os.umask(old)
     print(f"report: {paths['md']}", flush=True)
     return out

@@ -3,31 +3,88 @@ uses (a pickle of it holds no password), and the deletion of an experiment's own
 
 The database is ``optuna.db`` (SQLite) in the experiment directory, or ``search.optuna_storage``
 (PostgreSQL, MySQL) shared by many experiments; each study's name carries its experiment id.
+
+The password is given once: in the URL on the command line (``export_password`` moves it into the
+driver's ``PGPASSWORD`` / ``MYSQL_PWD``, which the database clients read), or in the environment or
+``~/.pgpass`` from the start. Nothing keeps it in module state, and nothing written holds it: Tune
+pickles the searcher's storage with the URL's password left out, and a resumed run's unpickled
+storage connects with the environment's password.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from analysis.contract import OPTUNA_DB
-from sweeps.config import ConfigError, SweepConfig
+from sweeps.config import ConfigError, SweepConfig, show
 from sweeps.experiment import Experiment, check_storage_path, redact
 from sweeps.seeds import study_name
+
+# The environment variable each backend's client reads its password from: libpq (psycopg) reads
+# PGPASSWORD (or ~/.pgpass); for MySQL, PasswordlessRDBStorage puts MYSQL_PWD (the MySQL clients'
+# own variable) back into the URL when it is unpickled.
+PASSWORD_ENV = {"postgresql": "PGPASSWORD", "mysql": "MYSQL_PWD"}
+
+
+def _url(url: str):
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        raise ConfigError(f"search.optuna_storage: {show(redact(url))} is not a database URL; use e.g. "
+                          f"postgresql+psycopg://user@host/db or sqlite:///path/optuna.db") from None
+
+
+def without_password(url: str) -> str:
+    """The URL with its password left out (not masked): what a pickle or a log may hold."""
+    parsed = _url(url)
+    if parsed.password is None:
+        return url
+    return parsed.set(password=None).render_as_string(hide_password=False)
+
+
+def has_env_password(url: str) -> bool:
+    """Whether this backend's client finds a password without the URL: its environment variable is
+    set, or (PostgreSQL) a password file exists."""
+    backend = _url(url).get_backend_name()
+    if os.environ.get(PASSWORD_ENV.get(backend, "\0")):
+        return True
+    if backend == "postgresql":
+        passfile = os.environ.get("PGPASSFILE") or os.path.expanduser("~/.pgpass")
+        return os.path.isfile(passfile)
+    return False
+
+
+def export_password(url: str | None) -> str | None:
+    """Pass the secret once: move the URL's password into the driver's environment variable of its
+    backend (``PASSWORD_ENV``), where the client, and a resumed run's unpickled storage, find it.
+    Returns the URL unchanged (the caller keeps it for this run). A password for a backend without
+    such a variable is refused (exit 2): a resumed run could not connect."""
+    if not url:
+        return url
+    parsed = _url(url)
+    if parsed.password is None:
+        return url
+    var = PASSWORD_ENV.get(parsed.get_backend_name())
+    if parsed.get_backend_name() == "sqlite":
+        return url  # refused by check_database_url: SQLite has no users
+    if var is None:
+        raise ConfigError(f"search.optuna_storage: a password in a {parsed.get_backend_name()} URL cannot "
+                          f"be kept out of the sweep's files; use PostgreSQL or MySQL")
+    os.environ[var] = str(parsed.password)
+    return url
 
 
 def check_database_url(url: str) -> None:
     """Parse a SQLAlchemy URL and import its driver, so a typo fails before anything starts."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+    from sqlalchemy.exc import NoSuchModuleError
 
-    shown = redact(url)
-    _remember(url)  # a resumed run unpickles its saved study storage with this URL's password
-    try:
-        parsed = make_url(url)
-    except (ArgumentError, ValueError):
-        raise ConfigError(f"search.optuna_storage: {shown!r} is not a database URL; use e.g. "
-                          f"postgresql+psycopg://user@host/db or sqlite:///path/optuna.db") from None
+    shown = show(redact(url), 200)
+    parsed = _url(url)
     try:
         dialect = parsed.get_dialect()
     except NoSuchModuleError:
@@ -41,6 +98,9 @@ def check_database_url(url: str) -> None:
         raise ConfigError(f"search.optuna_storage: the driver of '{parsed.drivername}' is not "
                           f"installed{hint}") from None
     if parsed.get_backend_name() == "sqlite":
+        if parsed.username or parsed.password is not None or parsed.host:
+            raise ConfigError(f"search.optuna_storage: {shown} names a user or host, which SQLite has "
+                              f"not; use sqlite:////absolute/path/optuna.db")
         if parsed.database not in (None, "", ":memory:"):
             check_storage_path(str(Path(parsed.database).parent))
         return
@@ -48,7 +108,7 @@ def check_database_url(url: str) -> None:
 
     timeout = {"postgresql": {"connect_timeout": 10}, "mysql": {"connect_timeout": 10}}
     try:
-        engine = create_engine(url, connect_args=timeout.get(parsed.get_backend_name(), {}))
+        engine = create_engine(parsed, connect_args=timeout.get(parsed.get_backend_name(), {}))
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         engine.dispose()
@@ -80,28 +140,17 @@ def optuna_storage(url: str):
     """An Optuna RDBStorage; SQLite waits for a busy database instead of failing after 5 s.
 
     A URL with a password gets a storage that pickles without it (Tune pickles the searcher into
-    the experiment); loading such a pickle then needs this project. Any other URL gets Optuna's
-    own class, so Ray's loaders read the experiment without the project installed."""
+    the experiment); loading such a pickle then needs this project, and the password from the
+    environment (``export_password``). Any other URL gets Optuna's own class, so Ray's loaders read
+    the experiment without the project installed."""
     import optuna
 
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
-    if redact(url) == url:
+    if without_password(url) == url:
         return optuna.storages.RDBStorage(url, **kwargs)
-    _remember(url)
     return __getattr__("PasswordlessRDBStorage")(url, **kwargs)
-
-
-# Database URLs given to this process, by their redacted form: a pickled storage carries only the
-# redacted URL and gets the password back from here when a resumed run (given the URL again) loads it.
-_FULL_URLS: dict[str, str] = {}
-
-
-def _remember(url: str) -> None:
-    shown = redact(url)
-    if shown != url:
-        _FULL_URLS[shown] = url
 
 
 def _passwordless_rdb_storage():
@@ -109,13 +158,19 @@ def _passwordless_rdb_storage():
 
     class PasswordlessRDBStorage(optuna.storages.RDBStorage):
         """Tune pickles the searcher, and so its storage, into the experiment directory (tuner.pkl,
-        searcher-state-*.pkl): the pickle holds the URL without the password."""
+        searcher-state-*.pkl): the pickle holds the URL without the password. Unpickled, it
+        connects with the password of the environment (PGPASSWORD or ~/.pgpass; MYSQL_PWD)."""
 
         def __getstate__(self):
-            return {**super().__getstate__(), "url": redact(self.url)}
+            return {**super().__getstate__(), "url": without_password(self.url)}
 
         def __setstate__(self, state):
-            super().__setstate__({**state, "url": _FULL_URLS.get(state["url"], state["url"])})
+            url = state["url"]
+            parsed = _url(url)
+            pw = os.environ.get("MYSQL_PWD") if parsed.get_backend_name() == "mysql" else None
+            if pw and parsed.password is None:
+                url = parsed.set(password=pw).render_as_string(hide_password=False)
+            super().__setstate__({**state, "url": url})
 
     cls = PasswordlessRDBStorage
     cls.__module__, cls.__qualname__ = __name__, cls.__name__  # picklable as sweeps.studies.<name>

@@ -103,9 +103,11 @@ def test_images_are_embedded_as_data_uris(tmp_path):
     assert 'alt="learning_curves"' in page
 
 
-def test_an_image_without_a_file_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match=r"figures/missing.png.*add it to figures"):
-        render_html("![x](figures/missing.png)\n", {"figures/other.png": _png(tmp_path / "o.png")})
+@pytest.mark.parametrize("src", ["figures/missing.png", "y", "https://evil.example/x.png"])
+def test_an_image_without_a_file_is_shown_as_text_never_fetched_nor_an_error(tmp_path, src):
+    """An arm named ``![x](y)`` once made the analysis exit 1 after report.md was written."""
+    page = render_html(f"![x]({src})\n", {"figures/other.png": _png(tmp_path / "o.png")})
+    assert "<img" not in page and f"[image {src}: x]" in page
 
 
 def test_report_wrapper_maps_figure_names_to_their_links(tmp_path):

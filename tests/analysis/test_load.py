@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from analysis.contract import EPOCH_COLUMNS, STATUSES
-from analysis.load import AnalysisError, load_results, load_studies
+from analysis.load import AnalysisError, load_results
+from analysis.studies import load_studies
 from tests.analysis.handmade import T0, make_experiment, result_rows, write_state, write_trial
 
 
