@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import netrc
 import os
 import time
@@ -31,6 +32,9 @@ if TYPE_CHECKING:
     from ray import tune
 
     from sweeps.experiment import Experiment
+
+logger = logging.getLogger(__name__)
+WANDB_STARTUP_S = 600  # how long a trial's W&B logging actor may take to start on a loaded machine
 
 _EXTRA = "pip install 'selu-sweep[tracking]' (or: pip install {package})"
 
@@ -127,9 +131,68 @@ def _mlflow_callback_class() -> type:
     return MLflowCallback
 
 
-def __getattr__(name: str):  # ``MLflowCallback`` is defined on first use: its base class imports mlflow
+@functools.cache
+def _wandb_callback_class() -> type:
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class WandbLoggingActor(_WandbLoggingActor):
+        """Ray's W&B logging actor, with start-up limits for a loaded machine and a clean end.
+
+        ``wandb.init`` gives up after 90 s (``init_timeout``) and W&B's service process after 30 s
+        (``x_service_wait``); on a loaded machine the actor's start-up alone took 30-40 s (measured),
+        and a give-up loses every row of the trial, with nothing said (Ray never reads the actor's
+        outcome). Offline, nothing but load can make them slow: wait WANDB_STARTUP_S instead
+        (unless the user set them). ``run`` returns once W&B's service has closed the run
+        (``wandb.teardown()``), before Ray kills the actor and its child processes."""
+
+        def run(self):
+            os.environ.setdefault("WANDB_INIT_TIMEOUT", str(WANDB_STARTUP_S))
+            os.environ.setdefault("WANDB__SERVICE_WAIT", str(WANDB_STARTUP_S))
+            try:
+                super().run()
+            finally:
+                self._wandb.teardown()
+
+    class WandbCallback(WandbLoggerCallback):
+        """Ray's WandbLoggerCallback, but a trial's end waits until its W&B run is written.
+
+        Ray only queues the end of the run (``log_trial_end``) and reaps finished logging actors
+        later; nothing checks that the actor wrote the trial's rows, and an actor still starting
+        or writing when it is reaped (``__del__`` waits 2 s, then kills) loses them silently. Here
+        ``log_trial_end`` waits for the trial's actor to finish (at most ``upload_timeout``), and a
+        failed actor is named in a warning instead of vanishing: when Tune's ``on_trial_complete``
+        returns, the trial's offline run file holds every row it was sent."""
+
+        _logger_actor_cls = WandbLoggingActor
+
+        def log_trial_end(self, trial, failed: bool = False):
+            import ray
+
+            if trial not in self._trial_logging_futures:
+                return
+            self._signal_logging_actor_stop(trial=trial)
+            future = self._trial_logging_futures[trial]
+            done, _ = ray.wait([future], timeout=self._upload_timeout)
+            if done:
+                try:
+                    ray.get(future)
+                except Exception as exc:  # the actor's own error: say which trial lost its W&B run
+                    logger.warning("W&B run of trial %s failed: %s: %s", trial.trial_id,
+                                   type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+            else:
+                logger.warning("W&B run of trial %s still not written after %s s; giving up on it",
+                               trial.trial_id, self._upload_timeout)
+            self._logging_future_to_trial.pop(future, None)
+            self._cleanup_logging_actor(trial)
+
+    return WandbCallback
+
+
+def __getattr__(name: str):  # the callbacks are defined on first use: their base classes import the tools
     if name == "MLflowCallback":
         return _mlflow_callback_class()
+    if name == "WandbCallback":
+        return _wandb_callback_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -155,8 +218,6 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
             uri, artifact_location=artifacts, experiment_name=m.experiment,
             tags={"sweep": cfg.name, "experiment_dir": exp.path}, save_artifact=False))
     if cfg.logging.wandb is not None:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         w = cfg.logging.wandb
         if w.mode == "offline":
             # Ray checks for an API key unless WANDB_MODE says offline; the config says it is.
@@ -164,7 +225,7 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
         # W&B writes a run's files as it finishes, after Ray's last copy of the trial directory into
         # the experiment: so not there, but straight into the experiment (when local).
         where = os.path.abspath(os.environ.get("WANDB_DIR") or ("." if exp.remote else exp.path))
-        callbacks.append(WandbLoggerCallback(project=w.project, group=cfg.name, mode=w.mode, dir=where,
+        callbacks.append(_wandb_callback_class()(project=w.project, group=cfg.name, mode=w.mode, dir=where,
                                              upload_checkpoints=False, save_checkpoints=False))
     return callbacks
 
