@@ -2,14 +2,17 @@
 
 Ray Tune does the logging; this module only picks Ray's callbacks from the ``logging`` section:
 
-* TensorBoard: ``TBXLoggerCallback`` writes event files into every trial directory when
+* TensorBoard: :class:`TensorBoardCallback` (Ray's ``TBXLoggerCallback``, with every trial's config
+  as its hparams, confirmation trials included) writes event files into every trial directory when
   ``tensorboardX`` is installed (extra ``tensorboard``): ``tensorboard --logdir <exp>``.
-* MLflow (``logging.mlflow``, extra ``tracking``): :class:`MLflowCallback`, Ray's
+* MLflow (``logging.mlflow``, extra ``tracking``, which installs ``mlflow`` with its UI):
+  :class:`MLflowCallback`, Ray's
   ``MLflowLoggerCallback`` with each result logged in one batch: one MLflow run per trial holding
   its config as params and every epoch's metrics. A plain directory as ``tracking_uri`` becomes
   the SQLite store ``<dir>/mlflow.db`` (artifacts in ``<dir>/artifacts``), since MLflow 3 refuses
   to write its old file store; ``mlflow ui --backend-store-uri sqlite:///<dir>/mlflow.db``.
-* Weights & Biases (``logging.wandb``, extra ``tracking``): ``WandbLoggerCallback``, one run per
+* Weights & Biases (``logging.wandb``, extra ``tracking``): :class:`WandbCallback` (Ray's
+  ``WandbLoggerCallback``, which writes a trial's run before the trial's end returns), one run per
   trial, grouped by sweep name. ``mode: offline`` (the default) never touches the network: the
   runs go to ``<exp>/wandb/offline-run-*-<trial_id>`` (``$WANDB_DIR/wandb/`` if set; ``./wandb/``
   for a remote experiment), and ``wandb sync <exp>/wandb/offline-run-*`` uploads them later.
@@ -132,6 +135,44 @@ def _mlflow_callback_class() -> type:
 
 
 @functools.cache
+def _tensorboard_callback_class() -> type:
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.logger.tensorboardx import VALID_SUMMARY_TYPES
+    from ray.tune.utils import flatten_dict
+
+    class TensorBoardCallback(TBXLoggerCallback):
+        """Ray's TBXLoggerCallback, but every trial's hparams are its config's scalar values.
+
+        Ray writes hparams from ``trial.evaluated_params``: the values a search algorithm chose.
+        Confirmation trials are built from fixed configs, so theirs is empty and TensorBoard's
+        HPARAMS tab showed none of them; search trials showed lr but not arm or replicate. Here
+        both stages write arm, activation, replicate, seed, lr, epochs (every scalar in the config)
+        against the trial's last result."""
+
+        def log_trial_end(self, trial, failed: bool = False):
+            if trial in self._trial_writer and self._trial_result.get(trial):
+                from tensorboardX.summary import hparams
+
+                flat = flatten_dict(self._trial_result[trial], delimiter="/")
+                metrics = {k: v for k, v in flat.items() if isinstance(v, tuple(VALID_SUMMARY_TYPES))}
+                params = {k: v for k, v in flatten_dict(trial.config or {}, delimiter="/").items()
+                          if isinstance(v, (str, bool, int, float))}
+                try:
+                    writer = self._trial_writer[trial].file_writer
+                    for tag in hparams(hparam_dict=params, metric_dict=metrics):
+                        writer.add_summary(tag)
+                except Exception as exc:  # as Ray does: a bad value costs the hparams, not the sweep
+                    logger.warning("TensorBoard hparams of trial %s not written: %s", trial.trial_id, exc)
+                self._trial_writer[trial].close()
+                del self._trial_writer[trial]
+                del self._trial_result[trial]
+                return
+            super().log_trial_end(trial, failed)
+
+    return TensorBoardCallback
+
+
+@functools.cache
 def _wandb_callback_class() -> type:
     from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
 
@@ -193,6 +234,8 @@ def __getattr__(name: str):  # the callbacks are defined on first use: their bas
         return _mlflow_callback_class()
     if name == "WandbCallback":
         return _wandb_callback_class()
+    if name == "TensorBoardCallback":
+        return _tensorboard_callback_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -205,10 +248,8 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
     check(cfg)
     callbacks: list[tune.Callback] = []
     if importlib.util.find_spec("tensorboardX") is not None:
-        # Tune adds it by itself too; named here so the event files do not hang on that default.
-        from ray.tune.logger import TBXLoggerCallback
-
-        callbacks.append(TBXLoggerCallback())
+        # Tune adds its own unless one is given (TBXLoggerCallback or a subclass, as here).
+        callbacks.append(_tensorboard_callback_class()())
     if cfg.logging.mlflow is not None:
         m = cfg.logging.mlflow
         uri = mlflow_tracking_uri(m.tracking_uri)

@@ -14,6 +14,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,35 @@ def test_tensorboard_event_files_hold_every_epochs_val_accuracy(tracked_sweep):
         assert len(logged) == EPOCHS
 
 
+def _hparams(trial_dir: Path) -> dict:
+    """The hparams TensorBoard's HPARAMS tab reads from a trial's event files (session start)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out = {}
+    for path in trial_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for key, v in data.session_start_info.hparams.items():
+                        out[key] = getattr(v, v.WhichOneof("kind"))
+    return out
+
+
+def test_tensorboard_hparams_for_both_stages(tracked_sweep):
+    pytest.importorskip("tensorboardX")
+    exp, _ = tracked_sweep
+    stages = set()
+    for trial_dir, rows in _trials(exp).values():
+        config = rows[-1]["config"]
+        hparams = _hparams(trial_dir)
+        stages.add(config["stage"])
+        for key in ("arm", "activation", "replicate", "seed", "lr", "epochs"):
+            assert hparams[key] == pytest.approx(config[key]), (trial_dir.name, key, hparams)
+    assert stages == {"search", "confirm"}
+
+
 def test_mlflow_store_has_a_run_per_trial_with_its_config_and_every_epoch(tracked_sweep):
     from mlflow.tracking import MlflowClient
 
@@ -90,6 +120,55 @@ def test_mlflow_store_has_a_run_per_trial_with_its_config_and_every_epoch(tracke
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert sorted((m.step, m.value) for m in history) == \
             [(r["training_iteration"], pytest.approx(r["val_accuracy"])) for r in rows]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_ui_of_the_tracking_extra_serves_the_sweeps_store(tracked_sweep, tmp_path):
+    """`mlflow ui --backend-store-uri sqlite:///<dir>/mlflow.db` (the command sweeps/trackers.py
+    names) starts on a loopback port and lists the sweep's MLflow experiment, within 240 s.
+    mlflow-skinny has no UI ("No module named 'huey'"): the tracking extra installs mlflow."""
+    import importlib.util
+    import signal
+    import urllib.request
+
+    if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("huey") is None:
+        pytest.fail("mlflow's UI is not installed (mlflow-skinny has none): "
+                    "pip install 'selu-sweep[tracking]'")
+    _, mlflow_dir = tracked_sweep
+    port = _free_port()
+    store = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "ui.log", "w"),
+                            start_new_session=True)
+    try:
+        deadline, body = time.monotonic() + 240, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
+                                            f"?max_results=100", timeout=10) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(2)
+        assert body is not None, (proc.poll(), (tmp_path / "ui.log").read_text()[-2000:])
+        assert "toolbox" in [e["name"] for e in body["experiments"]]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200 and b"<html" in response.read(4096).lower()  # the UI's page
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _wandb_records(path: Path):
@@ -284,7 +363,8 @@ def test_pyproject_license_is_an_spdx_expression_and_extras_name_the_tools():
     assert project["project"]["license"] == "MIT"
     assert "setuptools>=77" in project["build-system"]["requires"]  # SPDX license strings
     extras = {k: " ".join(v) for k, v in project["project"]["optional-dependencies"].items()}
-    for extra, package in (("tracking", "mlflow"), ("tracking", "wandb"), ("dashboard", "optuna-dashboard"),
+    assert "mlflow-skinny" not in extras["tracking"], "mlflow-skinny has no UI: `mlflow ui` needs mlflow"
+    for extra, package in (("tracking", "mlflow>"), ("tracking", "wandb"), ("dashboard", "optuna-dashboard"),
                            ("tensorboard", "tensorboardX"), ("tensorboard", "tensorboard>")):
         assert package in extras[extra], (extra, package)
 
