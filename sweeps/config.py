@@ -582,14 +582,32 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     return key, value
 
 
-def read_yaml(path: str | Path) -> dict:
+def find_config(path: str | Path) -> Path:
+    """``path`` itself when it exists; else, for a bare name (no directory), the packaged config
+    ``sweeps/configs/NAME`` or ``NAME.yaml``: ``--config smoke`` or ``--config smoke.yaml`` work
+    from any directory, the installed ``selu-sweep`` included."""
     path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def packaged_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = find_config(path)
     try:
         if path.stat().st_size > 1_000_000:
             raise ConfigError(f"--config {path}: larger than 1 MB; not a sweep config")
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file; see sweeps/configs/ for examples") from None
+        raise ConfigError(f"--config {path}: no such file, nor a packaged config (packaged: "
+                          f"{', '.join(packaged_configs())})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"--config {path}: cannot read it ({exc.__class__.__name__})") from None
     return parse_yaml_text(text, f"--config {path}")

@@ -386,3 +386,29 @@ def test_installed_commands_name_themselves_in_help(name):
                           timeout=120, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: {name} "), proc.stdout[:200]
+
+
+@pytest.mark.parametrize("name", ["smoke", "smoke.yaml"])
+def test_installed_command_finds_a_packaged_config_by_name_from_any_directory(name, tmp_path):
+    # The config is read and parsed (an unknown --set key is then refused with exit 2, before
+    # anything starts): proof the packaged file was found from a directory without sweeps/.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([str(_console_script("selu-sweep")), "--config", name, "--set", "no_such_key=1",
+                           "--storage-path", str(tmp_path / "results")], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no_such_key" in proc.stderr and "no such file" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "results").exists(), "nothing written"
+
+
+def test_gitignore_covers_the_trackers_local_stores(tmp_path):
+    # MLflow's default tracking_uri (mlruns) and W&B's ./wandb (remote experiments) land in the cwd.
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run([git, "init", "-q", str(tmp_path)], check=True, timeout=60)
+    paths = ["mlruns/mlflow.db", "wandb/offline-run-1-abc/run-abc.wandb", "results/x", "sweeps/run.py"]
+    proc = subprocess.run([git, "check-ignore", *paths], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.split() == paths[:3], proc.stdout
