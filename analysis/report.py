@@ -9,6 +9,7 @@ when it ends. report.md, report.html and verdict.json carry the same claims (``R
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,6 +23,7 @@ import pandas as pd
 from analysis import html as html_page
 from analysis import plots
 from analysis.claims import conclude
+from analysis.compare import UNPAIRED_TEST, separate_replicates, unpaired_tests
 from analysis.contract import CONFIRM, SEARCH
 from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
 from analysis.load import Results, load_results, load_studies
@@ -63,6 +65,7 @@ class Report:
     overfitting: pd.DataFrame = field(default_factory=pd.DataFrame)
     margin_points: float = 1.0
     captions: dict = field(default_factory=dict)  # figure name -> caption (draw_figures fills it)
+    unpaired: pd.DataFrame = field(default_factory=pd.DataFrame)  # arms of different experiments
 
 
 def build_report(results: Results, studies: dict | None = None) -> Report:
@@ -98,7 +101,7 @@ def build_report(results: Results, studies: dict | None = None) -> Report:
         divergence=conclusion.divergence, run_summary=run_summary(trials, epochs),
         data=describe_data(meta), settings=sweep_settings(meta),
         expected_best=expected_best_curve(trials), overfitting=overfitting_by_epoch(trials, epochs),
-        margin_points=margin)
+        margin_points=margin, unpaired=unpaired_tests(trials, metric))
 
 
 def _table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -267,6 +270,8 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         "## Trials by status", "",
         _table(counts), "",
     ]
+    if len(results.experiments) > 1:
+        parts += _unpaired_section(report)
     parts += _reproduce_section(reproduce_info(results.experiments))
     unplaced = [name for name in figures if name not in PLACED_FIGURES]
     if unplaced:  # a figure without a home in the sections above still shows, with its caption
@@ -274,6 +279,26 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
     if report.notes:
         parts += ["## Notes: what was skipped, missing or special", "", *[f"- {n}" for n in report.notes], ""]
     return "\n".join(parts)
+
+
+def _unpaired_section(report: Report) -> list[str]:
+    """Arms of different experiments: an unpaired comparison, said so."""
+    u = report.unpaired
+    parts = ["## Across experiments (unpaired)", "",
+             f"Replicates of different experiments share no sampler seed or data split: they are not "
+             f"paired, and no test or figure here pairs them. Arms that ran in different experiments are "
+             f"compared by a {UNPAIRED_TEST}, in points, with a 95% interval; this comparison is not "
+             f"part of the Holm family above. Arms that ran in the same experiment are compared paired, "
+             f"in the sections above.", ""]
+    if u.empty:
+        return parts + ["_(no two arms ran only in different experiments)_", ""]
+    table = pd.DataFrame({
+        "a": u["arm_a"] + " (" + u["experiments_a"] + ")", "replicates a": u["n_a"],
+        "b": u["arm_b"] + " (" + u["experiments_b"] + ")", "replicates b": u["n_b"],
+        "a - b (points)": u["estimate"].map(_points),
+        "95% CI": [_interval(lo, hi) for lo, hi in zip(u["ci_low"], u["ci_high"])],
+        "p": u["p_value"].map(_p_cell), "test": "Welch (unpaired)"})
+    return parts + [_table(table), ""]
 
 
 def _reproduce_section(infos: list[dict]) -> list[str]:
@@ -384,4 +409,11 @@ def save_report(results: Results, out: str | os.PathLike, studies: dict | None =
 def write_report(paths: list[str | os.PathLike], out: str | os.PathLike) -> dict[str, str]:
     """Load ``paths``, write the report files into ``out``; returns {kind: path}."""
     results = load_results(paths)
+    if len(results.experiments) > 1:  # replicates of different experiments are never paired
+        trials, epochs = separate_replicates(results.trials, results.epochs)
+        results = dataclasses.replace(results, trials=trials, epochs=epochs, notes=[*results.notes, (
+            "Several experiments: each (experiment, replicate) is its own replicate here (numbered in "
+            "turn; `source_replicate` in trials.csv keeps the experiment's own), so only arms of one "
+            "experiment are paired; arms of different experiments are compared unpaired (see "
+            "'Across experiments').")])
     return save_report(results, out, load_studies(results))
