@@ -358,8 +358,11 @@ def _get_replicate_means_info(replicates: pd.DataFrame, label: str) -> pd.DataFr
     r["replicate"] = _replicates(r)
     experiments = r["experiment"].astype(str) if "experiment" in r else pd.Series("", index=r.index)
     r["unit"] = experiments + "/r" + r["replicate"].astype(str)
+    own = r["replicate"]
+    if "source_replicate" in r:  # several experiments: each unit's number in its own experiment
+        own = _replicates(r.assign(replicate=r["source_replicate"]))
     r["unit_label"] = (experiments + " " if "experiment" in r and experiments.nunique() > 1 else "") + \
-        "r" + r["replicate"].astype(str)
+        "r" + own.astype(str)
     # Arms joined by a line must share the unit; across experiments nothing is paired.
     shared = r.groupby("unit")["arm"].nunique()
     r["paired"] = r["unit"].map(shared) > 1

@@ -361,6 +361,13 @@ def _replicate_means_by_experiment(results: Results, report: Report) -> pd.DataF
     if len(results.experiments) < 2:
         return report.replicates
     table = replicate_table(results.trials, report.primary_metric, by="experiment")
+    if "experiment" not in table:  # replicate_table names the analysis column by its key
+        table = table.rename(columns={"_analysis": "experiment"})
+    if "source_replicate" in results.trials:  # label each unit with its experiment's own number
+        units = ["experiment", "replicate"]
+        own = results.trials.drop_duplicates(units).set_index(units)
+        table["source_replicate"] = own["source_replicate"].reindex(
+            pd.MultiIndex.from_frame(table[units])).to_numpy()
     return table.drop(columns="_analysis", errors="ignore")
 
 
