@@ -2,7 +2,9 @@
 
 Only reads the experiments: the one place it writes is ``--out`` (default ``EXPERIMENT_DIR/report``
 for one experiment, ``./report`` for several). Damaged trials are skipped and listed in the
-report's notes.
+report's notes. Several experiments are compared, never paired with each other: only arms of
+one experiment are paired (by replicate); arms of different experiments are compared by Welch's
+t-test on replicate means (analysis.compare).
 
 Exit codes: 0 written; 2 bad input (one line on stderr saying what is wrong and how to fix it,
 nothing written); 1 a bug in the analysis itself (one line; ``--debug`` shows the traceback).

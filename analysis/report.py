@@ -9,6 +9,7 @@ when it ends. report.md, report.html and verdict.json carry the same claims (``R
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,6 +24,8 @@ import pandas as pd
 from analysis import html as html_page
 from analysis import plots
 from analysis.claims import conclude
+from analysis.compare import UNPAIRED_TEST, separate_replicates, unpaired_tests
+from analysis.contract import CONFIRM, SEARCH
 from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
 from analysis.load import Results, load_results
 from analysis.overfitting import overfitting_by_epoch
@@ -63,6 +66,8 @@ class Report:
     expected_best: pd.DataFrame = field(default_factory=pd.DataFrame)
     overfitting: pd.DataFrame = field(default_factory=pd.DataFrame)
     margin_points: float = 1.0
+    captions: dict = field(default_factory=dict)  # figure name -> caption (draw_figures fills it)
+    unpaired: pd.DataFrame = field(default_factory=pd.DataFrame)  # arms of different experiments
 
 
 def build_report(results: Results, studies: dict | None = None) -> Report:
@@ -98,7 +103,7 @@ def build_report(results: Results, studies: dict | None = None) -> Report:
         divergence=conclusion.divergence, run_summary=run_summary(trials, epochs),
         data=describe_data(meta), settings=sweep_settings(meta),
         expected_best=expected_best_curve(trials), overfitting=overfitting_by_epoch(trials, epochs),
-        margin_points=margin)
+        margin_points=margin, unpaired=unpaired_tests(trials, metric))
 
 
 def _table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -230,6 +235,7 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         _table(_tests_table(report.comparisons, ACTIVATION)), "",
         "Replicate means (each the mean over that replicate's finished seeds):", "",
         _table(report.replicates), "",
+        *_figure(report, figures, "replicate_means"),
         "## Configuration level (unit: seed, within one replicate)", "",
         "These compare the tuned configurations (named by lr and epochs) over seed noise only: a "
         "difference here can come from the search's luck, so it says nothing about the activations.", "",
@@ -243,6 +249,7 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         "accuracy (see the verdict). Gap in points [95% CI] at matched epochs (every epoch: "
         "overfitting_by_epoch.csv, with val loss and val accuracy):", "",
         _table(_overfitting_table(report.overfitting)), "",
+        *_figure(report, figures, "overfitting_by_epoch", "learning_curves", "overfitting"),
         "## Diverged runs", "",
         _table(report.divergence), "",
         "Diverged runs are outcomes, counted here with an exact (Clopper-Pearson) 95% interval of the "
@@ -253,24 +260,48 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         "search trials, all replicates pooled; exact p for n <= 9, permutation p above; rho intervals "
         "by Fisher z, approximate): a measure of sensitivity, not of cause.", "",
         _table(_tests_table(report.comparisons, SENSITIVITY)), "",
+        *_figure(report, figures, "lr_sensitivity"),
         "Expected best validation accuracy against the number of search trials (Dodge et al. 2019, "
         "exact over the empirical distribution of each arm's search trials, all replicates pooled; "
         "mean ± std). Trials of an adaptive search are not independent draws: read it as descriptive.", "",
         _table(_expected_best_table(report.expected_best)), "",
+        *_figure(report, figures, "expected_best", "search_progress"),
         "### Parameter importance (Optuna)", "",
         _table(report.importances), "",
+        *_figure(report, figures, "param_importance"),
         "## Trials by status", "",
         _table(counts), "",
     ]
+    if len(results.experiments) > 1:
+        parts += _unpaired_section(report)
     parts += _reproduce_section(reproduce_info(results.experiments))
-    if figures:
-        parts += ["## Figures", ""]
-        parts += [f"![{name}](figures/{Path(path).name})" for name, path in figures.items()]
-        parts.append("")
+    unplaced = [name for name in figures if name not in PLACED_FIGURES]
+    if unplaced:  # a figure without a home in the sections above still shows, with its caption
+        parts += ["## Other figures", "", *_figure(report, figures, *unplaced)]
     if report.notes:
         parts += ["## Notes: what was skipped, missing or special", "",
                   *[f"- {_esc(n)}" for n in report.notes], ""]
     return "\n".join(parts)
+
+
+def _unpaired_section(report: Report) -> list[str]:
+    """Arms of different experiments: an unpaired comparison, said so."""
+    u = report.unpaired
+    parts = ["## Across experiments (unpaired)", "",
+             f"Replicates of different experiments share no sampler seed or data split: they are not "
+             f"paired, and no test or figure here pairs them. Arms that ran in different experiments are "
+             f"compared by a {UNPAIRED_TEST}, in points, with a 95% interval; this comparison is not "
+             f"part of the Holm family above. Arms that ran in the same experiment are compared paired, "
+             f"in the sections above.", ""]
+    if u.empty:
+        return parts + ["_(no two arms ran only in different experiments)_", ""]
+    table = pd.DataFrame({
+        "a": u["arm_a"] + " (" + u["experiments_a"] + ")", "replicates a": u["n_a"],
+        "b": u["arm_b"] + " (" + u["experiments_b"] + ")", "replicates b": u["n_b"],
+        "a - b (points)": u["estimate"].map(_points),
+        "95% CI": [_interval(lo, hi) for lo, hi in zip(u["ci_low"], u["ci_high"])],
+        "p": u["p_value"].map(_p_cell), "test": "Welch (unpaired)"})
+    return parts + [_table(table), ""]
 
 
 def _reproduce_section(infos: list[dict]) -> list[str]:
@@ -328,16 +359,21 @@ def render_html(markdown: str, figures: dict[str, str]) -> str:
 
 
 def draw_figures(results: Results, report: Report, out: Path) -> dict[str, str]:
-    stage = "confirm" if (results.trials["stage"] == "confirm").any() else "search"
+    """Draw every figure into ``out/figures``; returns {name: path} and fills ``report.captions``.
+    One arm -> colour mapping (plots.arm_colors over every arm of the sweep) serves every figure."""
+    t = results.trials
+    stage = CONFIRM if (t["stage"] == CONFIRM).any() else SEARCH
+    colors = plots.arm_colors(t["arm"].dropna().unique()) if len(t) else {}
     figs = {
-        "learning_curves": plots.plot_learning_curves(results.epochs, stage),
-        "lr_sensitivity": plots.plot_lr_sensitivity(results.trials),
-        "overfitting": plots.plot_overfitting(results.trials, stage),
-        "search_progress": plots.plot_search_progress(results.trials),
+        "learning_curves": plots.plot_learning_curves(results.epochs, stage, colors=colors),
+        "lr_sensitivity": plots.plot_lr_sensitivity(t, colors=colors),
+        "overfitting": plots.plot_overfitting(t, stage, colors=colors),
+        "search_progress": plots.plot_search_progress(t, results.epochs, colors=colors),
         "param_importance": plots.plot_param_importance(report.importances),
-        "replicate_means": plots.plot_replicate_means(report.replicates, LABELS[report.primary_metric]),
-        "overfitting_by_epoch": plots.plot_overfitting_by_epoch(report.overfitting),
-        "expected_best": plots.plot_expected_best(report.expected_best),
+        "replicate_means": plots.plot_replicate_means(_replicate_means_by_experiment(results, report),
+                                                      LABELS[report.primary_metric], colors=colors),
+        "overfitting_by_epoch": plots.plot_overfitting_by_epoch(report.overfitting, colors=colors),
+        "expected_best": plots.plot_expected_best(report.expected_best, colors=colors),
     }
     paths = {}
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -346,9 +382,42 @@ def draw_figures(results: Results, report: Report, out: Path) -> dict[str, str]:
             continue
         path = out / "figures" / f"{name}.png"
         fig.savefig(path, dpi=100)
+        report.captions[name] = plots.caption(fig)
         plots.plt.close(fig)
         paths[name] = str(path)
     return paths
+
+
+def _replicate_means_by_experiment(results: Results, report: Report) -> pd.DataFrame:
+    """The replicate means with the experiment each came from, when several experiments are read:
+    replicates of different experiments were never paired, so no figure may join them."""
+    if len(results.experiments) < 2:
+        return report.replicates
+    table = replicate_table(results.trials, report.primary_metric, by="experiment")
+    if "experiment" not in table:  # replicate_table names the analysis column by its key
+        table = table.rename(columns={"_analysis": "experiment"})
+    if "source_replicate" in results.trials:  # label each unit with its experiment's own number
+        units = ["experiment", "replicate"]
+        own = results.trials.drop_duplicates(units).set_index(units)
+        table["source_replicate"] = own["source_replicate"].reindex(
+            pd.MultiIndex.from_frame(table[units])).to_numpy()
+    return table.drop(columns="_analysis", errors="ignore")
+
+
+# Figures placed next to their section's table in render_markdown (any other drawn figure goes to
+# "Other figures" at the end).
+PLACED_FIGURES = ("replicate_means", "overfitting_by_epoch", "learning_curves", "overfitting",
+                  "lr_sensitivity", "expected_best", "search_progress", "param_importance")
+
+
+def _figure(report: Report, figures: dict[str, str], *names: str) -> list[str]:
+    """Markdown for the named figures that were drawn: the image, then its caption beneath it."""
+    lines = []
+    for name in names:
+        if name in figures:
+            text = html_page.escape_markdown(report.captions.get(name, ""))
+            lines += [f"![{name}](figures/{Path(figures[name]).name})", "", f"*Figure: {text}*", ""]
+    return lines
 
 
 def save_report(results: Results, out: str | os.PathLike, studies: dict | None = None) -> dict[str, str]:
@@ -382,4 +451,11 @@ def write_report(paths: list[str | os.PathLike], out: str | os.PathLike,
     """Load ``paths``, write the report files into ``out``; returns {kind: path}. The Optuna studies
     come from each sweep's own database (``optuna_storage`` overrides it, with its password)."""
     results = load_results(paths)
+    if len(results.experiments) > 1:  # replicates of different experiments are never paired
+        trials, epochs = separate_replicates(results.trials, results.epochs)
+        results = dataclasses.replace(results, trials=trials, epochs=epochs, notes=[*results.notes, (
+            "Several experiments: each (experiment, replicate) is its own replicate here (numbered in "
+            "turn; `source_replicate` in trials.csv keeps the experiment's own), so only arms of one "
+            "experiment are paired; arms of different experiments are compared unpaired (see "
+            "'Across experiments').")])
     return save_report(results, out, load_studies(results, optuna_storage))

@@ -714,16 +714,34 @@ def parse_assignment(assignment: str) -> tuple[str, Any]:
     return key, value
 
 
+def find_config(path: str | Path) -> Path:
+    """``path`` itself when it exists; else, for a bare name (no directory), the packaged config
+    ``sweeps/configs/NAME`` or ``NAME.yaml``: ``--config smoke`` or ``--config smoke.yaml`` work
+    from any directory, the installed ``selu-sweep`` included."""
+    path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    for candidate in (CONFIG_DIR / path.name, CONFIG_DIR / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path
+
+
+def packaged_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
 def read_yaml(path: str | Path) -> dict:
     from analysis._files import read_text
 
-    path = Path(path)
+    path = find_config(path)
     shown = str(path)[:200]
     try:
         text = read_text(path, MAX_YAML_BYTES)
     except Unreadable as exc:
         if str(exc) == "missing":
-            raise ConfigError(f"--config {shown}: no such file; see sweeps/configs/ for examples") from None
+            raise ConfigError(f"--config {shown}: no such file, nor a packaged config (packaged: "
+                              f"{', '.join(packaged_configs())})") from None
         raise ConfigError(f"--config {shown}: cannot read it ({exc})") from None
     return parse_yaml_text(text, f"--config {shown}")
 

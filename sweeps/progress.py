@@ -1,18 +1,29 @@
 """Live progress of a stage, printed while Ray Tune runs it (Tune's own output is silenced).
 
-Every ``every_s`` seconds (on a result) and whenever a trial ends, :class:`ProgressTable` prints
+:class:`ProgressTable` prints
 
-* a header: elapsed time, trials done/running/pending, epochs done against the planned budget
-  and an ETA from the measured epoch times and the concurrency actually observed;
-* one line per arm with its done/running/pending trials;
-* one row per trial ("-" where a trial has not reported a value yet, never ``nan``).
+* one status line per update (whenever a trial ends, and at most every ``every_s`` seconds on a
+  result): elapsed time, ETA, trials done/total per arm and per replicate, and the best
+  validation accuracy so far per arm (with its replicate);
+* with the periodic updates only, a table of the running trials, capped at ``MAX_ROWS`` rows
+  ("+N more running"), with their replicate and seed.
 
-When the stage ends it prints one summary line: wall time and trial-hours per arm.
+Trials are named ``#n`` (the n-th trial the stage created) in both stages, whatever form Tune's
+ids take. When the stage ends it prints one summary line: wall time and trial-hours per arm.
 Output is plain text (no ANSI codes, no carriage returns), so a log file reads like the terminal.
+
+The ETA counts each trial's start-up (process, imports, data: the time from the trial's start to
+its first result, less that first epoch) as well as its epochs, both measured in this run, and the
+rate at which this run gets through that work (so idle slots and scheduling gaps count too).
+
+Ray's callback-latency warnings ("The `callbacks.on_trial_result` operation took 0.6 s ...") are
+about Tune's own bookkeeping, not the user's sweep: :func:`hide_callback_latency_warnings` drops
+those records (only those, see CALLBACK_LATENCY_PREFIXES) from Ray's logger.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -23,21 +34,50 @@ from ray import tune
 
 from sweeps.search import stopped_early
 
-_COLUMNS = ("trial", "arm", "activation", "lr", "epochs", "epoch", "val_acc", "gap", "status")
+MAX_ROWS = 8  # running trials shown per table; the rest are counted
+_COLUMNS = ("trial", "arm", "rep", "seed", "lr", "epochs", "epoch", "val_acc", "gap")
 _DONE = frozenset({"TERMINATED", "STOPPED_EARLY", "DIVERGED", "ERROR"})
 _WAITING = frozenset({"PENDING", "PAUSED"})
+_HOW_ENDED = (("STOPPED_EARLY", "stopped early"), ("DIVERGED", "diverged"), ("ERROR", "failed"))
 _KEPT = ("epoch", "target_epochs", "val_accuracy", "generalization_gap", "diverged", "time_total_s")
+SLOW_CALLBACK_LOGGER = "ray.tune.utils.util"  # ray.tune.utils.util.warn_if_slow logs here
+
+
+# How Tune's warn_if_slow words the time it spent handing a result to the callbacks (the trackers'
+# callbacks dominate it: a W&B logging actor's start-up blocks on_trial_result for 30 s on a
+# loaded machine): "The `callbacks.on_trial_result` operation took ...", "The
+# `process_trial_result` operation took ...", "Processing trial results took ...".
+CALLBACK_LATENCY_PREFIXES = ("The `callbacks.", "The `process_trial_result` operation",
+                             "Processing trial results took")
+
+
+class CallbackLatencyFilter(logging.Filter):
+    """Drops Tune's callback-latency warnings (CALLBACK_LATENCY_PREFIXES); passes everything else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(CALLBACK_LATENCY_PREFIXES)
+
+
+def hide_callback_latency_warnings() -> None:
+    """Install :class:`CallbackLatencyFilter` on Ray's logger once (idempotent)."""
+    logger = logging.getLogger(SLOW_CALLBACK_LOGGER)
+    if not any(isinstance(f, CallbackLatencyFilter) for f in logger.filters):
+        logger.addFilter(CallbackLatencyFilter())
 
 
 @dataclass
 class _TrialState:
+    number: int  # the n-th trial of the stage: its label, #n
     arm: str
-    activation: str
+    replicate: int | None
+    seed: int | None
     lr: float | None
     planned: float | None  # planned epochs: config "epochs"
     tune_status: str = "PENDING"
     result: dict[str, float] = field(default_factory=dict)  # the last result's _KEPT keys
     epoch_seconds: dict[int, float] = field(default_factory=dict)  # epoch -> measured seconds
+    started: float | None = None  # clock reading at on_trial_start (this process)
+    startup: float | None = None  # start to first result, less the first epoch: measured once
 
     @property
     def status(self) -> str:
@@ -68,6 +108,11 @@ def _finite(value) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _int(value) -> int | None:
+    value = _finite(value)
+    return None if value is None else int(value)
+
+
 def _fmt(value, spec: str) -> str:
     value = _finite(value)
     return "-" if value is None else format(value, spec)
@@ -83,35 +128,44 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in text)
 
 
+def _mean(values) -> float | None:
+    values = list(values)
+    return sum(values) / len(values) if values else None
+
+
 class ProgressTable(tune.Callback):
     """Progress of one stage (``total`` trials); see the module docstring.
 
     ``budget_epochs`` is the stage's planned epochs over all ``total`` trials; it sizes the trials
     Tune has not created yet (``budget_epochs / total`` each). Without it they are sized by the mean
     planned epochs of the trials created so far. ``arms`` lists arms in display order, so an arm
-    shows (with zero trials) before its first trial exists.
+    shows (with zero trials) before its first trial exists. ``replicates`` (the stage's number of
+    replicates, when fixed) sizes each (arm, replicate) cell: ``total / (arms x replicates)``;
+    without it a replicate's done count is shown alone.
 
     Holds no stream and no lambda: Tune pickles callbacks with the experiment. ``clock`` (seconds,
     monotonic) is replaceable for tests; it must stay picklable (a module-level function).
     """
 
     def __init__(self, stage: str, total: int, budget_epochs: int | None = None, arms: Sequence[str] = (),
-                 *, every_s: float = 20.0, clock: Callable[[], float] = time.monotonic):
+                 *, replicates: int | None = None, every_s: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic):
         if total < 0:
             raise ValueError(f"total must be >= 0 trials, got {total}")
         if budget_epochs is not None and budget_epochs < 0:
             raise ValueError(f"budget_epochs must be >= 0 or None, got {budget_epochs}")
         self.stage, self.total, self.budget_epochs = stage, total, budget_epochs
-        self.arms, self.every_s, self.clock = tuple(arms), every_s, clock
+        self.arms, self.replicates, self.every_s, self.clock = tuple(arms), replicates, every_s, clock
         self._start: float | None = None  # clock reading at the stage start; None: not started
-        self._last: float | None = None  # clock reading at the last print; None: never printed
-        self._max_running = 0  # the most trials seen running at once: the concurrency achieved
+        self._last: float | None = None  # clock reading at the last table; None: never printed
         self._trials: dict[str, _TrialState] = {}
 
     def __setstate__(self, state: dict) -> None:
         # Clock readings from another process (a resumed run) mean nothing here: start afresh.
         self.__dict__.update(state)
         self._start = self._last = None
+        for st in self._trials.values():
+            st.started = None
 
     # ----------------------------------------------------------------------------------------
     # Bookkeeping
@@ -122,15 +176,15 @@ class ProgressTable(tune.Callback):
             self._start = now
         return now
 
-    def _observe(self, trial, status: str | None = None, result: dict | None = None) -> None:
+    def _observe(self, trial, status: str | None = None, result: dict | None = None) -> _TrialState:
         """Record a trial's config, latest result and status (``status`` overrides Tune's; ``result``
         overrides ``trial.last_result``, which Tune updates only after ``on_trial_result``)."""
         st = self._trials.get(trial.trial_id)
         if st is None:
             c = trial.config or {}
             st = self._trials[trial.trial_id] = _TrialState(
-                arm=str(c.get("arm", "-")), activation=str(c.get("activation", "relu")),
-                lr=_finite(c.get("lr")), planned=_finite(c.get("epochs")))
+                number=len(self._trials) + 1, arm=str(c.get("arm", "-")), replicate=_int(c.get("replicate")),
+                seed=_int(c.get("seed")), lr=_finite(c.get("lr")), planned=_finite(c.get("epochs")))
         r = result if result is not None else trial.last_result or {}
         if r:
             st.result = {k: r[k] for k in _KEPT if k in r}
@@ -143,28 +197,19 @@ class ProgressTable(tune.Callback):
             st.tune_status = status
         elif st.tune_status not in ("TERMINATED", "ERROR"):  # a listing may lag behind a hook
             st.tune_status = str(trial.status)
+        return st
 
-    def _observe_all(self, trials, trial=None, status: str | None = None, result: dict | None = None):
-        for t in trials or ():
+    def _observe_all(self, trials, trial=None, status: str | None = None,
+                     result: dict | None = None) -> _TrialState | None:
+        for t in trials or ():  # in Tune's order of creation, so #n numbers trials as Tune made them
             if trial is None or t.trial_id != trial.trial_id:
                 self._observe(t)
-        if trial is not None:
-            self._observe(trial, status, result)
-        running = sum(st.status == "RUNNING" for st in self._trials.values())
-        self._max_running = max(self._max_running, running)
+            else:
+                self._observe(trial, status, result)
+        return None if trial is None else self._observe(trial, status, result)
 
     # ----------------------------------------------------------------------------------------
-    # What is printed
-
-    def _arm_order(self) -> list[str]:
-        seen = dict.fromkeys(self.arms)
-        seen.update(dict.fromkeys(st.arm for st in self._trials.values()))
-        return list(seen)
-
-    def _counts(self, states) -> tuple[int, int, int]:
-        statuses = [st.status for st in states]
-        return (sum(s in _DONE for s in statuses), sum(s == "RUNNING" for s in statuses),
-                sum(s in _WAITING for s in statuses))
+    # Estimates
 
     def _not_created(self) -> int:
         return max(self.total - len(self._trials), 0)
@@ -176,7 +221,7 @@ class ProgressTable(tune.Callback):
         return sum(planned) / len(planned) if planned else None
 
     def epochs(self) -> tuple[float, float | None, float | None]:
-        """(epochs done, planned budget, epochs still to run); None where unknown."""
+        """(epochs done, planned budget, planned epochs still to run); None where unknown."""
         new = self._epochs_per_new_trial()
         not_created = self._not_created()
         done = sum(st.epochs_done for st in self._trials.values())
@@ -192,57 +237,143 @@ class ProgressTable(tune.Callback):
                 left += max(planned - st.epochs_done, 0.0)
         return done, budget, left
 
-    def eta_seconds(self) -> float | None:
-        """Epochs still to run x mean measured epoch time / trials running at once; None before a
-        first epoch is measured. Early stops make it an upper bound."""
-        times = [s for st in self._trials.values() for s in st.epoch_seconds.values()]
-        _, _, left = self.epochs()
-        if not times or left is None:
+    def _completion_ratio(self) -> float:
+        """The share of its planned epochs an ended trial ran (early stopping), 1.0 before any ended."""
+        ended = [st for st in self._trials.values() if st.status in _DONE and st.status != "ERROR"
+                 and st.planned]
+        if not ended:
+            return 1.0
+        return min(sum(st.epochs_done for st in ended) / sum(st.planned for st in ended), 1.0)
+
+    def _work(self, now: float) -> tuple[float, float] | None:
+        """(work done, work left) in trial-seconds: each trial costs the measured start-up plus its
+        (expected) epochs at the measured mean epoch time. None before a first measurement."""
+        startup = _mean(st.startup for st in self._trials.values() if st.startup is not None)
+        epoch = _mean(s for st in self._trials.values() for s in st.epoch_seconds.values())
+        new = self._epochs_per_new_trial()
+        if startup is None or epoch is None or new is None:
             return None
-        unfinished = self._not_created() + sum(st.status not in _DONE for st in self._trials.values())
-        slots = min(max(self._max_running, 1), max(unfinished, 1))
-        return left * (sum(times) / len(times)) / slots
+        ratio = self._completion_ratio()
+        done = left = 0.0
+        left += self._not_created() * (startup + new * ratio * epoch)
+        for st in self._trials.values():
+            planned = (st.planned if st.planned is not None else new) * ratio
+            if st.status in _WAITING:
+                left += startup + planned * epoch
+                continue
+            if st.startup is not None or st.status in _DONE:
+                done += startup
+            else:  # running, no result yet: part of its start-up is behind it
+                behind = min(max(now - st.started, 0.0), startup) if st.started is not None else 0.0
+                done += behind
+                left += startup - behind
+            done += st.epochs_done * epoch
+            if st.status not in _DONE:
+                left += max(planned - st.epochs_done, 0.0) * epoch
+        return done, left
 
-    def _header(self, now: float) -> list[str]:
-        done, running, waiting = self._counts(self._trials.values())
-        not_created = self._not_created()
-        epochs_done, budget, _ = self.epochs()
-        eta = self.eta_seconds()
-        lines = [f"== {self.stage} | elapsed {_clock_text(now - self._start)} | trials {done}/{self.total}"
-                 f" done, {running} running, {waiting + not_created} pending"
-                 f" | epochs {epochs_done:.0f}/{'?' if budget is None else f'{budget:.0f}'}"
-                 f" | ETA {'--' if eta is None else _clock_text(eta)} =="]
+    def eta_seconds(self) -> float | None:
+        """Work left / the rate this run has got through work so far (work done / elapsed); None
+        before a trial's first result. The rate includes concurrency, idle slots and scheduling."""
+        now = self._now()
+        work = self._work(now)
+        elapsed = now - self._start
+        if work is None or elapsed <= 0:
+            return None
+        done, left = work
+        if done <= 0:
+            return None
+        return left / (done / elapsed)
+
+    # ----------------------------------------------------------------------------------------
+    # What is printed
+
+    def _arm_order(self) -> list[str]:
+        seen = dict.fromkeys(self.arms)
+        seen.update(dict.fromkeys(st.arm for st in self._trials.values()))
+        return list(seen)
+
+    def _per_cell_total(self, arms: list[str]) -> int | None:
+        cells = len(arms) * (self.replicates or 0)
+        return self.total // cells if cells and self.total % cells == 0 else None
+
+    def _arm_text(self, arm: str, replicates: list[int]) -> str:
+        states = [st for st in self._trials.values() if st.arm == arm]
+        done = sum(st.status in _DONE for st in states)
         arms = self._arm_order()
-        width = max(len(a) for a in arms) if arms else 0
-        for arm in arms:
-            d, r, w = self._counts(st for st in self._trials.values() if st.arm == arm)
-            lines.append(f"  {arm.ljust(width)}  {d} done, {r} running, {w} pending")
-        if not_created:
-            lines.append(f"  ({not_created} trial{'s' * (not_created != 1)} not created yet)")
-        return lines
+        per_arm = self.total // len(arms) if arms and self.total % len(arms) == 0 else None
+        text = f"{arm} {done}/{per_arm if per_arm is not None else '?'}"
+        if len(replicates) > 1 or (self.replicates or 0) > 1:
+            per_cell = self._per_cell_total(arms)
+            cells = []
+            for r in replicates:
+                d = sum(st.status in _DONE for st in states if st.replicate == r)
+                cells.append(f"r{r} {d}" + (f"/{per_cell}" if per_cell is not None else ""))
+            text += f" ({', '.join(cells)})"
+        return text
 
-    def _cells(self, trial_id: str, st: _TrialState) -> dict[str, str]:
+    def _best_text(self) -> str:
+        best = []
+        for arm in self._arm_order():
+            scored = [(v, st) for st in self._trials.values() if st.arm == arm
+                      for v in [_finite(st.result.get("val_accuracy"))] if v is not None]
+            if scored:
+                v, st = max(scored, key=lambda p: p[0])
+                where = f" (r{st.replicate})" if st.replicate is not None else ""
+                best.append(f"{arm} {v:.4f}{where}")
+        return f"best val_acc {', '.join(best)}" if best else "best val_acc -"
+
+    def status_line(self) -> str:
+        now = self._now()
+        states = list(self._trials.values())
+        done = sum(st.status in _DONE for st in states)
+        running = sum(st.status == "RUNNING" for st in states)
+        eta = self.eta_seconds()
+        replicates = sorted({st.replicate for st in states if st.replicate is not None})
+        arms = " | ".join(self._arm_text(a, replicates) for a in self._arm_order())
+        ended = [st.status for st in states]
+        how = ", ".join(f"{ended.count(s)} {word}" for s, word in _HOW_ENDED if ended.count(s))
+        return _printable(f"== {self.stage} | elapsed {_clock_text(now - self._start)} | ETA "
+                          f"{'--' if eta is None else _clock_text(eta)} | done {done}/{self.total}"
+                          + (f" ({how})" if how else "") + f", {running} running"
+                          + (f" | {arms}" if arms else "") + f" | {self._best_text()}")
+
+    def _cells(self, st: _TrialState) -> dict[str, str]:
         r = st.result
-        return {"trial": trial_id, "arm": st.arm, "activation": st.activation, "lr": _fmt(st.lr, ".2e"),
+        width = len(str(max(self.total, len(self._trials))))
+        return {"trial": f"#{st.number:0{width}d}", "arm": st.arm,
+                "rep": "-" if st.replicate is None else f"r{st.replicate}",
+                "seed": "-" if st.seed is None else str(st.seed), "lr": _fmt(st.lr, ".2e"),
                 "epochs": _fmt(st.planned, ".0f"), "epoch": _fmt(r.get("epoch"), ".0f"),
                 "val_acc": _fmt(r.get("val_accuracy"), ".4f"),
-                "gap": _fmt(r.get("generalization_gap"), "+.3f"), "status": st.status}
+                "gap": _fmt(r.get("generalization_gap"), "+.3f")}
+
+    def running_table(self) -> list[str]:
+        """The running trials, at most MAX_ROWS rows ("+N more running")."""
+        running = [st for st in self._trials.values() if st.status == "RUNNING"]
+        if not running:
+            return []
+        rows = [self._cells(st) for st in running[:MAX_ROWS]]
+        widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in _COLUMNS}
+        lines = ["  " + "  ".join(c.ljust(widths[c]) for c in _COLUMNS).rstrip()]
+        lines += ["  " + "  ".join(r[c].ljust(widths[c]) for c in _COLUMNS).rstrip() for r in rows]
+        if len(running) > MAX_ROWS:
+            lines.append(f"  +{len(running) - MAX_ROWS} more running")
+        return [_printable(line) for line in lines]
 
     def print_table(self, force: bool = False) -> None:
+        """The status line; with the running trials' table when ``every_s`` has passed (or ``force``)."""
         now = self._now()
-        if not force and self._last is not None and now - self._last < self.every_s:
-            return
-        self._last = now
-        rows = [self._cells(tid, st) for tid, st in self._trials.items()]
-        widths = {c: max([len(c)] + [len(r[c]) for r in rows]) for c in _COLUMNS}
-        lines = self._header(now) + ["  ".join(c.ljust(widths[c]) for c in _COLUMNS).rstrip()]
-        lines += ["  ".join(r[c].ljust(widths[c]) for c in _COLUMNS).rstrip() for r in rows]
-        print("\n".join(_printable(line) for line in lines), file=sys.stdout, flush=True)
+        lines = [self.status_line()]
+        if force or self._last is None or now - self._last >= self.every_s:
+            self._last = now
+            lines += self.running_table()
+        print("\n".join(lines), file=sys.stdout, flush=True)
 
     def summary(self) -> str:
         """One line: wall time, trials done and trial-hours per arm."""
         wall = self._now() - self._start
-        done, _, _ = self._counts(self._trials.values())
+        done = sum(st.status in _DONE for st in self._trials.values())
         parts = []
         for arm in self._arm_order():
             states = [st for st in self._trials.values() if st.arm == arm]
@@ -256,27 +387,37 @@ class ProgressTable(tune.Callback):
     # tune.Callback hooks
 
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
+        hide_callback_latency_warnings()
         self._start, self._last = None, None
         self._now()
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._now()
-        self._observe_all(trials, trial, "RUNNING")
+        now = self._now()
+        st = self._observe_all(trials, trial, "RUNNING")
+        st.started = now
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self._observe_all(trials, trial, str(trial.status))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self._observe_all(trials, trial, "RUNNING", result)
-        self.print_table()
+        now = self._now()
+        st = self._observe_all(trials, trial, "RUNNING", result)
+        if st.startup is None and st.started is not None:
+            first = _finite(result.get("epoch_seconds")) or 0.0
+            st.startup = max(now - st.started - first, 0.0)
+        if self._last is None or now - self._last >= self.every_s:
+            self.print_table()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._observe_all(trials, trial, "TERMINATED")
-        self.print_table(force=True)
+        self._print_line()
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._observe_all(trials, trial, "ERROR")
-        self.print_table(force=True)
+        self._print_line()
+
+    def _print_line(self) -> None:
+        print(self.status_line(), file=sys.stdout, flush=True)
 
     def on_experiment_end(self, trials, **info):
         self._observe_all(trials)

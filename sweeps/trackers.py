@@ -2,14 +2,17 @@
 
 Ray Tune does the logging; this module only picks Ray's callbacks from the ``logging`` section:
 
-* TensorBoard: ``TBXLoggerCallback`` writes event files into every trial directory when
+* TensorBoard: :class:`TensorBoardCallback` (Ray's ``TBXLoggerCallback``, with every trial's config
+  as its hparams, confirmation trials included) writes event files into every trial directory when
   ``tensorboardX`` is installed (extra ``tensorboard``): ``tensorboard --logdir <exp>``.
-* MLflow (``logging.mlflow``, extra ``tracking``): :class:`MLflowCallback`, Ray's
+* MLflow (``logging.mlflow``, extra ``tracking``, which installs ``mlflow`` with its UI):
+  :class:`MLflowCallback`, Ray's
   ``MLflowLoggerCallback`` with each result logged in one batch: one MLflow run per trial holding
   its config as params and every epoch's metrics. A plain directory as ``tracking_uri`` becomes
   the SQLite store ``<dir>/mlflow.db`` (artifacts in ``<dir>/artifacts``), since MLflow 3 refuses
   to write its old file store; ``mlflow ui --backend-store-uri sqlite:///<dir>/mlflow.db``.
-* Weights & Biases (``logging.wandb``, extra ``tracking``): ``WandbLoggerCallback``, one run per
+* Weights & Biases (``logging.wandb``, extra ``tracking``): :class:`WandbCallback` (Ray's
+  ``WandbLoggerCallback``, which writes a trial's run before the trial's end returns), one run per
   trial, grouped by sweep name. ``mode: offline`` (the default) never touches the network: the
   runs go to ``<exp>/wandb/offline-run-*-<trial_id>`` (``$WANDB_DIR/wandb/`` if set; ``./wandb/``
   for a remote experiment), and ``wandb sync <exp>/wandb/offline-run-*`` uploads them later.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import netrc
 import os
 import time
@@ -31,6 +35,9 @@ if TYPE_CHECKING:
     from ray import tune
 
     from sweeps.experiment import Experiment
+
+logger = logging.getLogger(__name__)
+WANDB_STARTUP_S = 600  # how long a trial's W&B logging actor may take to start on a loaded machine
 
 _EXTRA = "pip install 'selu-sweep[tracking]' (or: pip install {package})"
 
@@ -127,9 +134,108 @@ def _mlflow_callback_class() -> type:
     return MLflowCallback
 
 
-def __getattr__(name: str):  # ``MLflowCallback`` is defined on first use: its base class imports mlflow
+@functools.cache
+def _tensorboard_callback_class() -> type:
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.logger.tensorboardx import VALID_SUMMARY_TYPES
+    from ray.tune.utils import flatten_dict
+
+    class TensorBoardCallback(TBXLoggerCallback):
+        """Ray's TBXLoggerCallback, but every trial's hparams are its config's scalar values.
+
+        Ray writes hparams from ``trial.evaluated_params``: the values a search algorithm chose.
+        Confirmation trials are built from fixed configs, so theirs is empty and TensorBoard's
+        HPARAMS tab showed none of them; search trials showed lr but not arm or replicate. Here
+        both stages write arm, activation, replicate, seed, lr, epochs (every scalar in the config)
+        against the trial's last result."""
+
+        def log_trial_end(self, trial, failed: bool = False):
+            if trial in self._trial_writer and self._trial_result.get(trial):
+                from tensorboardX.summary import hparams
+
+                flat = flatten_dict(self._trial_result[trial], delimiter="/")
+                metrics = {k: v for k, v in flat.items() if isinstance(v, tuple(VALID_SUMMARY_TYPES))}
+                params = {k: v for k, v in flatten_dict(trial.config or {}, delimiter="/").items()
+                          if isinstance(v, (str, bool, int, float))}
+                try:
+                    writer = self._trial_writer[trial].file_writer
+                    for tag in hparams(hparam_dict=params, metric_dict=metrics):
+                        writer.add_summary(tag)
+                except Exception as exc:  # as Ray does: a bad value costs the hparams, not the sweep
+                    logger.warning("TensorBoard hparams of trial %s not written: %s", trial.trial_id, exc)
+                self._trial_writer[trial].close()
+                del self._trial_writer[trial]
+                del self._trial_result[trial]
+                return
+            super().log_trial_end(trial, failed)
+
+    return TensorBoardCallback
+
+
+@functools.cache
+def _wandb_callback_class() -> type:
+    from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+
+    class WandbLoggingActor(_WandbLoggingActor):
+        """Ray's W&B logging actor, with start-up limits for a loaded machine and a clean end.
+
+        ``wandb.init`` gives up after 90 s (``init_timeout``) and W&B's service process after 30 s
+        (``x_service_wait``); on a loaded machine the actor's start-up alone took 30-40 s (measured),
+        and a give-up loses every row of the trial, with nothing said (Ray never reads the actor's
+        outcome). Offline, nothing but load can make them slow: wait WANDB_STARTUP_S instead
+        (unless the user set them). ``run`` returns once W&B's service has closed the run
+        (``wandb.teardown()``), before Ray kills the actor and its child processes."""
+
+        def run(self):
+            os.environ.setdefault("WANDB_INIT_TIMEOUT", str(WANDB_STARTUP_S))
+            os.environ.setdefault("WANDB__SERVICE_WAIT", str(WANDB_STARTUP_S))
+            try:
+                super().run()
+            finally:
+                self._wandb.teardown()
+
+    class WandbCallback(WandbLoggerCallback):
+        """Ray's WandbLoggerCallback, but a trial's end waits until its W&B run is written.
+
+        Ray only queues the end of the run (``log_trial_end``) and reaps finished logging actors
+        later; nothing checks that the actor wrote the trial's rows, and an actor still starting
+        or writing when it is reaped (``__del__`` waits 2 s, then kills) loses them silently. Here
+        ``log_trial_end`` waits for the trial's actor to finish (at most ``upload_timeout``), and a
+        failed actor is named in a warning instead of vanishing: when Tune's ``on_trial_complete``
+        returns, the trial's offline run file holds every row it was sent."""
+
+        _logger_actor_cls = WandbLoggingActor
+
+        def log_trial_end(self, trial, failed: bool = False):
+            import ray
+
+            if trial not in self._trial_logging_futures:
+                return
+            self._signal_logging_actor_stop(trial=trial)
+            future = self._trial_logging_futures[trial]
+            done, _ = ray.wait([future], timeout=self._upload_timeout)
+            if done:
+                try:
+                    ray.get(future)
+                except Exception as exc:  # the actor's own error: say which trial lost its W&B run
+                    logger.warning("W&B run of trial %s failed: %s: %s", trial.trial_id,
+                                   type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
+            else:
+                logger.warning("W&B run of trial %s still not written after %s s; giving up on it",
+                               trial.trial_id, self._upload_timeout)
+            self._logging_future_to_trial.pop(future, None)
+            self._cleanup_logging_actor(trial)
+
+    return WandbCallback
+
+
+def __getattr__(name: str):  # the callbacks are defined on first use: their base classes import the tools
     if name == "MLflowCallback":
         return _mlflow_callback_class()
+    if name == "WandbCallback":
+        return _wandb_callback_class()
+    if name == "TensorBoardCallback":
+        return _tensorboard_callback_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -142,10 +248,8 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
     check(cfg)
     callbacks: list[tune.Callback] = []
     if importlib.util.find_spec("tensorboardX") is not None:
-        # Tune adds it by itself too; named here so the event files do not hang on that default.
-        from ray.tune.logger import TBXLoggerCallback
-
-        callbacks.append(TBXLoggerCallback())
+        # Tune adds its own unless one is given (TBXLoggerCallback or a subclass, as here).
+        callbacks.append(_tensorboard_callback_class()())
     if cfg.logging.mlflow is not None:
         m = cfg.logging.mlflow
         uri = mlflow_tracking_uri(m.tracking_uri)
@@ -155,8 +259,6 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
             uri, artifact_location=artifacts, experiment_name=m.experiment,
             tags={"sweep": cfg.name, "experiment_dir": exp.path}, save_artifact=False))
     if cfg.logging.wandb is not None:
-        from ray.air.integrations.wandb import WandbLoggerCallback
-
         w = cfg.logging.wandb
         if w.mode == "offline":
             # Ray checks for an API key unless WANDB_MODE says offline; the config says it is.
@@ -164,7 +266,7 @@ def make_callbacks(cfg: SweepConfig, exp: Experiment) -> list[tune.Callback]:
         # W&B writes a run's files as it finishes, after Ray's last copy of the trial directory into
         # the experiment: so not there, but straight into the experiment (when local).
         where = os.path.abspath(os.environ.get("WANDB_DIR") or ("." if exp.remote else exp.path))
-        callbacks.append(WandbLoggerCallback(project=w.project, group=cfg.name, mode=w.mode, dir=where,
+        callbacks.append(_wandb_callback_class()(project=w.project, group=cfg.name, mode=w.mode, dir=where,
                                              upload_checkpoints=False, save_checkpoints=False))
     return callbacks
 

@@ -73,6 +73,35 @@ def test_tensorboard_event_files_hold_every_epochs_val_accuracy(tracked_sweep):
         assert len(logged) == EPOCHS
 
 
+def _hparams(trial_dir: Path) -> dict:
+    """The hparams TensorBoard's HPARAMS tab reads from a trial's event files (session start)."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out = {}
+    for path in trial_dir.glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    for key, v in data.session_start_info.hparams.items():
+                        out[key] = getattr(v, v.WhichOneof("kind"))
+    return out
+
+
+def test_tensorboard_hparams_for_both_stages(tracked_sweep):
+    pytest.importorskip("tensorboardX")
+    exp, _ = tracked_sweep
+    stages = set()
+    for trial_dir, rows in _trials(exp).values():
+        config = rows[-1]["config"]
+        hparams = _hparams(trial_dir)
+        stages.add(config["stage"])
+        for key in ("arm", "activation", "replicate", "seed", "lr", "epochs"):
+            assert hparams[key] == pytest.approx(config[key]), (trial_dir.name, key, hparams)
+    assert stages == {"search", "confirm"}
+
+
 def test_mlflow_store_has_a_run_per_trial_with_its_config_and_every_epoch(tracked_sweep):
     from mlflow.tracking import MlflowClient
 
@@ -91,6 +120,55 @@ def test_mlflow_store_has_a_run_per_trial_with_its_config_and_every_epoch(tracke
         history = client.get_metric_history(run.info.run_id, "val_accuracy")
         assert sorted((m.step, m.value) for m in history) == \
             [(r["training_iteration"], pytest.approx(r["val_accuracy"])) for r in rows]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_ui_of_the_tracking_extra_serves_the_sweeps_store(tracked_sweep, tmp_path):
+    """`mlflow ui --backend-store-uri sqlite:///<dir>/mlflow.db` (the command sweeps/trackers.py
+    names) starts on a loopback port and lists the sweep's MLflow experiment, within 240 s.
+    mlflow-skinny has no UI ("No module named 'huey'"): the tracking extra installs mlflow."""
+    import importlib.util
+    import signal
+    import urllib.request
+
+    if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("huey") is None:
+        pytest.fail("mlflow's UI is not installed (mlflow-skinny has none): "
+                    "pip install 'selu-sweep[tracking]'")
+    _, mlflow_dir = tracked_sweep
+    port = _free_port()
+    store = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store,
+                             "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "ui.log", "w"),
+                            start_new_session=True)
+    try:
+        deadline, body = time.monotonic() + 240, None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/search"
+                                            f"?max_results=100", timeout=10) as response:
+                    body = json.loads(response.read())
+                break
+            except OSError:
+                time.sleep(2)
+        assert body is not None, (proc.poll(), (tmp_path / "ui.log").read_text()[-2000:])
+        assert "toolbox" in [e["name"] for e in body["experiments"]]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as response:
+            assert response.status == 200 and b"<html" in response.read(4096).lower()  # the UI's page
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _wandb_records(path: Path):
@@ -131,19 +209,48 @@ def _wandb_log(path: Path) -> tuple[object, list[tuple[int, float]]]:
 
 
 def test_wandb_offline_runs_hold_every_epochs_val_accuracy(tracked_sweep):
+    # Read once: the W&B callback returns from a trial's end only when the trial's run is written
+    # (test_wandb_run_is_written_when_its_trial_ends), so nothing here waits for a writer.
     exp, _ = tracked_sweep
     for trial_id, (_, rows) in _trials(exp).items():
         files = list(exp.glob(f"wandb/offline-run-*-{trial_id}/run-{trial_id}.wandb"))
         assert len(files) == 1, trial_id  # the run directory is named after the trial
-        expected = [(r["training_iteration"], pytest.approx(r["val_accuracy"])) for r in rows]
-        deadline = time.monotonic() + 60  # W&B's writer process may still be flushing under load
         run, logged = _wandb_log(files[0])
-        while logged != expected and time.monotonic() < deadline:
-            time.sleep(2)
-            run, logged = _wandb_log(files[0])
-        assert logged == expected
-        if run is not None:  # the run header, where the writer has flushed it
-            assert (run.run_id, run.project, run.run_group) == (trial_id, "selu-sweep", "toolbox")
+        assert logged == [(r["training_iteration"], pytest.approx(r["val_accuracy"])) for r in rows]
+        assert (run.run_id, run.project, run.run_group) == (trial_id, "selu-sweep", "toolbox")
+
+
+def _report_three_epochs(config):
+    from ray import tune
+
+    for epoch in (1, 2, 3):
+        tune.report({"val_accuracy": epoch / 10 + config["x"]})
+
+
+def test_wandb_run_is_written_when_its_trial_ends(ray_local, tmp_path, monkeypatch):
+    """The moment Tune's on_trial_complete has passed the W&B callback, the trial's offline run
+    holds all its rows: a later callback reads the file then (Tune calls callbacks in order)."""
+    pytest.importorskip("wandb")
+    from ray import tune
+
+    from sweeps.trackers import WandbCallback
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    seen = {}
+
+    class ReadAtTrialEnd(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            files = list(tmp_path.glob(f"wandb/offline-run-*-{trial.trial_id}/run-{trial.trial_id}.wandb"))
+            seen[trial.trial_id] = _wandb_log(files[0])[1] if len(files) == 1 else files
+
+    wandb = WandbCallback(project="p", group="g", mode="offline", dir=str(tmp_path))
+    tune.Tuner(_report_three_epochs, param_space={"x": tune.grid_search([0.0, 0.5])},
+               run_config=tune.RunConfig(name="wb", storage_path=str(tmp_path), verbose=0,
+                                         callbacks=[wandb, ReadAtTrialEnd()])).fit()
+    assert len(seen) == 2
+    rows = sorted([(step, round(value, 6)) for step, value in logged] for logged in seen.values())
+    assert rows == [[(1, 0.1), (2, 0.2), (3, 0.3)], [(1, 0.6), (2, 0.7), (3, 0.8)]]
+    assert wandb._trial_logging_actors == {}, "each trial's logging actor is reaped at its end"
 
 
 def _wsgi_get(app, path: str) -> tuple[str, dict]:
@@ -256,7 +363,8 @@ def test_pyproject_license_is_an_spdx_expression_and_extras_name_the_tools():
     assert project["project"]["license"] == "MIT"
     assert "setuptools>=77" in project["build-system"]["requires"]  # SPDX license strings
     extras = {k: " ".join(v) for k, v in project["project"]["optional-dependencies"].items()}
-    for extra, package in (("tracking", "mlflow"), ("tracking", "wandb"), ("dashboard", "optuna-dashboard"),
+    assert "mlflow-skinny" not in extras["tracking"], "mlflow-skinny has no UI: `mlflow ui` needs mlflow"
+    for extra, package in (("tracking", "mlflow>"), ("tracking", "wandb"), ("dashboard", "optuna-dashboard"),
                            ("tensorboard", "tensorboardX"), ("tensorboard", "tensorboard>")):
         assert package in extras[extra], (extra, package)
 
@@ -278,3 +386,29 @@ def test_installed_commands_name_themselves_in_help(name):
                           timeout=120, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"usage: {name} "), proc.stdout[:200]
+
+
+@pytest.mark.parametrize("name", ["smoke", "smoke.yaml"])
+def test_installed_command_finds_a_packaged_config_by_name_from_any_directory(name, tmp_path):
+    # The config is read and parsed (an unknown --set key is then refused with exit 2, before
+    # anything starts): proof the packaged file was found from a directory without sweeps/.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([str(_console_script("selu-sweep")), "--config", name, "--set", "no_such_key=1",
+                           "--storage-path", str(tmp_path / "results")], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "no_such_key" in proc.stderr and "no such file" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "results").exists(), "nothing written"
+
+
+def test_gitignore_covers_the_trackers_local_stores(tmp_path):
+    # MLflow's default tracking_uri (mlruns) and W&B's ./wandb (remote experiments) land in the cwd.
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    shutil.copy(ROOT / ".gitignore", tmp_path / ".gitignore")
+    subprocess.run([git, "init", "-q", str(tmp_path)], check=True, timeout=60)
+    paths = ["mlruns/mlflow.db", "wandb/offline-run-1-abc/run-abc.wandb", "results/x", "sweeps/run.py"]
+    proc = subprocess.run([git, "check-ignore", *paths], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.split() == paths[:3], proc.stdout

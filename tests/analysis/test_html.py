@@ -159,3 +159,57 @@ def test_report_page_loads_cleanly_in_headless_chromium(tmp_path):
     assert len(images) == 2 and all(i["complete"] and i["w"] > 0 for i in images), images
     assert [u for u in requests if not u.startswith(("file:", "data:"))] == [], "the page is self-contained"
     assert ["0.6123", "right"] in aligns and ["relu", "start"] in aligns
+
+
+# Where each figure belongs: the section (h2) whose table it illustrates.
+FIGURE_SECTIONS = {
+    "replicate_means": "Activation level", "overfitting_by_epoch": "Overfitting",
+    "learning_curves": "Overfitting", "overfitting": "Overfitting", "lr_sensitivity": "Search stage",
+    "expected_best": "Search stage", "search_progress": "Search stage", "param_importance": "Search stage",
+}
+
+
+def test_every_report_figure_loads_in_chromium_in_its_section_with_a_caption(tmp_path):
+    """A whole report (handmade experiment): every figure drawn loads, sits inside the section of
+    the table it illustrates (not at the page's end), and has a caption under it naming its n."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install "
+                                   "'.[dev]')")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium); Playwright cannot download one offline")
+    from analysis.report import write_report
+    from tests.analysis.handmade import make_experiment
+
+    written = write_report([make_experiment(tmp_path / "exp")], tmp_path / "report")
+    drawn = {p.stem for p in (tmp_path / "report" / "figures").glob("*.png")}
+    assert drawn == set(FIGURE_SECTIONS), drawn
+    errors = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, timeout=120_000)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((tmp_path / "report" / "report.html").as_uri(), wait_until="load")
+            figures = page.eval_on_selector_all("img", """els => els.map(img => {
+                const heads = [...document.querySelectorAll('h2')];
+                const top = img.getBoundingClientRect().top + window.scrollY;
+                const before = heads.filter(h => h.getBoundingClientRect().top + window.scrollY < top);
+                const section = before[before.length - 1];
+                const caption = img.closest('p').nextElementSibling;
+                return {alt: img.alt, complete: img.complete, w: img.naturalWidth,
+                        section: section ? section.textContent : null,
+                        below_heading: top - (section.getBoundingClientRect().top + window.scrollY),
+                        caption: caption ? caption.textContent : ''};
+            })""")
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+        finally:
+            browser.close()
+    assert errors == []
+    assert sorted(f["alt"] for f in figures) == sorted(drawn), "each drawn figure appears once"
+    for f in figures:
+        assert f["complete"] and f["w"] > 0, f
+        assert f["section"].startswith(FIGURE_SECTIONS[f["alt"]]), f
+        assert f["below_heading"] < 3000, f"{f['alt']} sits {f['below_heading']:.0f} px below its heading"
+        assert f["caption"].startswith("Figure: ") and "n=" in f["caption"], f
+    assert "## Figures" not in open(written["md"]).read()

@@ -22,7 +22,8 @@ def test_without_a_logging_section_only_tensorboard_is_added(tmp_path):
     from ray.tune.logger import TBXLoggerCallback
 
     callbacks = trackers.make_callbacks(smoke(), Experiment(str(tmp_path), "smoke"))
-    assert [type(c) for c in callbacks] == [TBXLoggerCallback]
+    assert [type(c) for c in callbacks] == [trackers.TensorBoardCallback]
+    assert isinstance(callbacks[0], TBXLoggerCallback), "so Tune adds no second one of its own"
 
 
 def test_a_directory_tracking_uri_becomes_a_sqlite_store_inside_it(tmp_path, monkeypatch):
