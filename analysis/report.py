@@ -24,7 +24,14 @@ import pandas as pd
 from analysis import html as html_page
 from analysis import plots
 from analysis.claims import conclude
-from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
+from analysis.decision import (
+    ACTIVATION,
+    CONFIGURATION,
+    MARGIN_POINTS,
+    SENSITIVITY,
+    configuration_table,
+    replicate_table,
+)
 from analysis.load import Results, load_results, load_studies
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import (
@@ -62,7 +69,7 @@ class Report:
     settings: dict = field(default_factory=dict)
     expected_best: pd.DataFrame = field(default_factory=pd.DataFrame)
     overfitting: pd.DataFrame = field(default_factory=pd.DataFrame)
-    margin_points: float = 1.0
+    margin_points: float = MARGIN_POINTS
     differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # the primary's replicate pairs
     look: dict = field(default_factory=dict)  # analysis.sequential.look at the replicates reached
 
