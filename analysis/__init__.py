@@ -1,8 +1,9 @@
 """Turn sweep results into SELU-vs-ReLU reports: accuracy, overfitting, statistics, plots.
 
 Only reads experiment directories; analysis functions take and return DataFrames and plotting
-is separate (``analysis.plots``). The decision rule is :mod:`analysis.decision`; the verdict's
-words and verdict.json are :mod:`analysis.claims`.
+is separate (``analysis.plots``). The decision rule is :mod:`analysis.decision` (one primary test,
+a secondary family); the group-sequential looks a sweep makes between replicates are
+:mod:`analysis.sequential`; the verdict's words and verdict.json are :mod:`analysis.claims`.
 
 Any Ray Tune experiment can be analysed, not only those of ``sweeps/``: each trial's config
 (``params.json``) carries ``arm`` (the side of the comparison), ``stage`` (``"search"`` or
@@ -23,6 +24,7 @@ from analysis.decision import (
     configuration_tests,
     decision_tests,
     matched_epoch_gap_tests,
+    replicate_differences,
     replicate_table,
     sensitivity_tests,
 )
@@ -31,6 +33,7 @@ from analysis.metrics import trial_metrics
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import describe_data, run_summary
 from analysis.report import Report, build_report, save_report, write_report
+from analysis.sequential import Plan, look, plan_from_config
 from analysis.stats import expected_max, holm, holm_levels, spearman_test
 from analysis.studies import load_studies
 from analysis.summaries import (
@@ -43,10 +46,11 @@ from analysis.summaries import (
 )
 
 __all__ = [
-    "AnalysisError", "Conclusion", "Report", "Results", "activation_decision", "activation_tests",
+    "AnalysisError", "Conclusion", "Plan", "Report", "Results", "activation_decision", "activation_tests",
     "arm_summary", "build_report", "conclude", "configuration_table", "configuration_tests",
     "decision_tests", "describe_data", "divergence", "expected_best_curve", "expected_max", "holm",
-    "holm_levels", "load_results", "load_studies", "matched_epoch_gap_tests", "overfitting_by_epoch",
-    "param_importances", "primary_metric", "replicate_table", "run_summary", "save_report",
-    "search_summary", "sensitivity_tests", "spearman_test", "trial_metrics", "verdict", "write_report",
+    "holm_levels", "load_results", "load_studies", "look", "matched_epoch_gap_tests",
+    "overfitting_by_epoch", "param_importances", "plan_from_config", "primary_metric",
+    "replicate_differences", "replicate_table", "run_summary", "save_report", "search_summary",
+    "sensitivity_tests", "spearman_test", "trial_metrics", "verdict", "write_report",
 ]

@@ -1,27 +1,37 @@
-"""The verdict in words and as verdict.json, both from the same tests table.
+"""The verdict in words and as verdict.json, both from the same tests table and sequential look.
 
-Every sentence that claims something carries n, an interval (at the level of its Holm step) and
-the test. Only the activation level (unit: replicate) may name an activation as the winner; the
-configuration level names configurations by lr/epochs and says it is about them only.
+The answer comes first: one sentence (``record["answer"]``) saying what the primary test decided
+(winner, equivalent or undecided), with n, the interval and its level, and the boundary. Every
+other sentence that claims something carries n, an interval with its level and the test. Only the
+primary test (activation level, every run counted, alone at its level) may name a winner; every
+other test is secondary (Holm within its family) and is labelled exploratory unless the primary is
+rejected. The configuration level names configurations by lr/epochs and says it is about them only.
 
-verdict.json (``Conclusion.record``, schema_version 1; NaN is written as null):
+verdict.json (``Conclusion.record``, schema_version 2; NaN is written as null):
 
-* ``primary_metric`` (e.g. "final_test_accuracy"), ``primary_metric_label``, ``unit`` ("replicate"),
-  ``test`` ("paired t-test on replicate means"), ``min_replicates``, ``alpha``;
-* ``arms``; ``arm_a``/``arm_b``: the deciding pair (the only pair for two arms);
-* ``winner``: an arm name, or null unless the activation-level test names one; ``tested``: the
-  activation-level test ran; ``reason``: why not (e.g. "R=1 replicate per arm; at least 3 needed");
-* ``equivalent`` (bool: the interval lies within +-``equivalence_margin_points``);
-* ``difference`` (arm_a - arm_b, accuracy as a fraction), ``ci`` [low, high] and ``ci_level`` (the
-  Holm step's level), ``p_value``, ``p_holm``, ``tests_in_family``;
-* ``p_a_better``: P(a tuned arm_a beats a tuned arm_b) over paired replicates, ``p_a_better_ci``;
-* ``replicates`` {arm: R}, ``seeds`` {arm: [finished seeds per replicate]}, ``diverged``
+* ``answer``: the opening sentence; ``decision``: "winner" | "equivalent" | "undecided";
+  ``winner``: an arm name or null; ``complete``: false when the loader says a stage is incomplete;
+* ``primary_metric`` (``analysis.primary``), ``primary_metric_label``, ``unit`` ("replicate"),
+  ``counting`` (every run, diverged ones at their recorded accuracy), ``test``, ``alpha``;
+* ``replicates_run`` (complete replicate pairs used), ``looks`` (looks made, 1-based index of the
+  last), ``looks_planned``, ``plan`` {min, max}, ``boundary`` (method, nominal alpha and critical
+  t of this look, TOST's one-sided alpha and critical t, the margin, the interval levels);
+* ``mde_points`` (smallest difference this run detects with 80% power at the observed spread and
+  this look's level), ``sd_points`` (sd of the replicate differences), ``replicates_for_power`` (R
+  at which the observed difference would be detected with 80% power; null: none up to 10,000);
+* ``arms``; ``arm_a``/``arm_b`` (the deciding pair); ``tested``; ``reason`` (why no test);
+  ``equivalent``, ``equivalence_margin_points``; ``difference`` (arm_a - arm_b, accuracy as a
+  fraction), ``ci`` [low, high], ``ci_level``, ``equivalence_ci``, ``equivalence_ci_level``,
+  ``p_value``; ``secondary_tests`` (the size of the secondary family);
+* ``p_a_better``: P(a tuned arm_a beats a tuned arm_b) over paired replicates, ``p_a_better_ci``
+  (at ``ci_level``);
+* ``replicates`` {arm: R}, ``seeds`` {arm: [runs per replicate]}, ``diverged``
   {"arm/stage": {"runs", "diverged"}};
 * ``data_source`` ("cifar10" | "synthetic" | "mixed" | "unknown"), ``synthetic_data``,
   ``official_cifar10``, ``data`` (per experiment: source, sizes, digest, official, warnings);
 * ``claims``: the verdict's sentences, exactly as in report.md and report.html;
-* ``comparisons``: every hypothesis of the Holm family (level, metric, arms or configurations,
-  n, estimate, interval, test, p, Holm p, significant, equivalent, reason when untested).
+* ``comparisons``: every hypothesis (family, level, metric, counting, arms or configurations, n,
+  estimate, interval and its level, test, p, Holm p, significant, exploratory, equivalent, reason).
 """
 
 from __future__ import annotations
@@ -33,21 +43,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analysis import sequential
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
+    ITT,
+    MARGIN_POINTS,
     MIN_REPLICATES,
     PAIRED_TEST,
     SENSITIVITY,
     activation_decision,
     decision_tests,
+    replicate_differences,
 )
 from analysis.metrics import GAP_RUNNING
 from analysis.provenance import data_sentence, describe_data
 from analysis.stats import ALPHA, LABELS
-from analysis.summaries import divergence
+from analysis.summaries import divergence, primary_metric
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+EDGE_FRACTION = 0.1  # a chosen lr within this fraction of the log-lr range from an end is "at the edge"
+OUTLIER_P = 0.01     # skew warning: Bonferroni-adjusted prediction p of the most outlying replicate
 
 
 @dataclass
@@ -57,6 +73,8 @@ class Conclusion:
     claims: list[str]
     record: dict[str, Any]
     divergence: pd.DataFrame = field(default_factory=pd.DataFrame)
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)
+    look: dict = field(default_factory=dict)
 
 
 def _pts(v: float) -> str:
@@ -70,30 +88,44 @@ def _p(v: float) -> str:
 def _ci(row, signed: bool = True, flip: bool = False) -> str:
     lo, hi = (-row["ci_high"], -row["ci_low"]) if flip else (row["ci_low"], row["ci_high"])
     fmt = (lambda v: f"{100 * v:+.1f}") if signed else (lambda v: f"{100 * v:.1f}")
-    return f"CI {fmt(lo)} to {fmt(hi)} at {row['conf_level']:.1%}"
+    return f"{row['conf_level']:.1%} CI {fmt(lo)} to {fmt(hi)}"
 
 
 def _family(row) -> str:
-    return f"p={_p(row['p_value'])}, Holm p={_p(row['p_holm'])} over {int(row['family_size'])} tests"
+    if row.get("family") == "primary":
+        return f"p={_p(row['p_value'])}, the primary test, alone at its level"
+    return (f"p={_p(row['p_value'])}, Holm p={_p(row['p_holm'])} over {int(row['family_size'])} "
+            f"secondary tests")
+
+
+def _head(row, head: str, tag: str = "") -> str:
+    """``head (primary[, tag])``; secondary rows read "exploratory" while the primary test is not
+    rejected."""
+    if row.get("family") == "primary":
+        return f"{head} (primary{', ' + tag if tag else ''})"
+    return f"{head} (secondary{', exploratory' if row.get('exploratory') else ''}{', ' + tag if tag else ''})"
 
 
 def _paired_n(row, seeds: dict[str, str]) -> str:
-    return (f"{PAIRED_TEST}, R={int(row['n'])} replicates per arm, each the mean of "
+    counting = "every run counted" if row.get("counting") == ITT else "finished runs only"
+    return (f"{PAIRED_TEST}, {counting}, R={int(row['n'])} replicates per arm, each the mean of "
             f"{seeds.get(row['arm_a'], '?')} ({row['arm_a']}) and {seeds.get(row['arm_b'], '?')} "
             f"({row['arm_b']}) seeds")
 
 
-def _p_better(row, a: str, b: str, flip: bool) -> str:
+def _p_better(row, a: str, b: str, flip: bool, what: str = "P(a tuned {a} beats a tuned {b})") -> str:
     p, lo, hi = row["p_a_better"], row["p_a_better_low"], row["p_a_better_high"]
     if flip:
         p, lo, hi = 1 - p, 1 - hi, 1 - lo
-    return (f"P(a tuned {a} beats a tuned {b}) = {p:.2f} (exact binomial CI {lo:.2f} to {hi:.2f}, "
-            f"from {int(row['n'])} paired replicates)")
+    return (f"{what.format(a=a, b=b)} = {p:.2f} ({row['conf_level']:.1%} exact binomial CI {lo:.2f} to "
+            f"{hi:.2f}, from {int(row['n'])} paired replicates)")
 
 
 def _activation_sentence(row, margin_points: float, seeds: dict[str, str],
-                         head: str = "Activation level") -> str:
+                         head: str = "Activation level", tag: str = "") -> str:
     a, b, label = row["arm_a"], row["arm_b"], LABELS.get(row["metric"], row["metric"])
+    head = _head(row, head, tag)
+    plural = "s" if margin_points != 1 else ""
     if not np.isfinite(row["p_value"]):
         observed = ""
         if row["n"] > 0 and np.isfinite(row["estimate"]):
@@ -105,32 +137,36 @@ def _activation_sentence(row, margin_points: float, seeds: dict[str, str],
     if row["significant"]:
         flip = row["estimate"] < 0
         win, lose = (b, a) if flip else (a, b)
-        return (f"{head}: {win} beats {lose} on {label} by {abs(100 * row['estimate']):.1f} points "
+        verb = "beats" if row.get("family") == "primary" else "scores higher than"
+        return (f"{head}: {win} {verb} {lose} on {label} by {abs(100 * row['estimate']):.1f} points "
                 f"({_ci(row, signed=False, flip=flip)}; {_paired_n(row, seeds)}; "
                 f"{_family(row)}); {_p_better(row, win, lose, flip)}.")
     if row["equivalent"]:
-        return (f"{head}: no difference larger than {margin_points:g} point"
-                f"{'s' if margin_points != 1 else ''} in {label} between {a} and {b}: {a} - {b} = "
-                f"{_pts(row['estimate'])} points ({_ci(row)}, within ±{margin_points:g}; "
+        return (f"{head}: no difference larger than {margin_points:g} point{plural} in {label} between "
+                f"{a} and {b}: {a} - {b} = {_pts(row['estimate'])} points (TOST: the "
+                f"{row['equivalence_level']:.1%} interval lies within ±{margin_points:g}; {_ci(row)}; "
                 f"{_paired_n(row, seeds)}; {_family(row)}).")
     return (f"{head}: the effect of {a} vs {b} on {label} is not established: {a} - {b} = "
             f"{_pts(row['estimate'])} points ({_ci(row)}; {_paired_n(row, seeds)}; {_family(row)}); "
-            f"the interval is not within ±{margin_points:g} point{'s' if margin_points != 1 else ''}, "
-            f"so equivalence is not shown either; {_p_better(row, a, b, False)}.")
+            f"equivalence within ±{margin_points:g} point{plural} is not shown either (TOST); "
+            f"{_p_better(row, a, b, False)}.")
 
 
-def _gap_sentence(row, seeds: dict[str, str], head: str = "Activation level") -> str:
+def _gap_sentence(row, seeds: dict[str, str], head: str = "Activation level", tag: str = "") -> str:
     a, b = row["arm_a"], row["arm_b"]
+    head = _head(row, head, tag)
     where = (f"at matched epochs ({row['epochs_note']})" if row["metric"] == "gap_matched_epoch"
              else "at each arm's chosen configuration")
+    what = f"train-validation accuracy gap {where}"
     if not np.isfinite(row["p_value"]):
-        return f"{head}, overfitting {where}: not tested: {row['reason']}."
+        return f"{head}, {what}: not tested: {row['reason']}."
     body = (f"gap {a} - {b} = {_pts(row['estimate'])} points ({_ci(row)}; {_paired_n(row, seeds)}; "
-            f"{_family(row)})")
+            f"{_family(row)}); "
+            + _p_better(row, a, b, False, "P({b} has the smaller train-validation gap than {a})"))
     if row["significant"]:
         more, less = (a, b) if row["estimate"] > 0 else (b, a)
-        return f"{head}, overfitting {where}: {more} overfits more than {less}: {body}."
-    return f"{head}, overfitting {where}: no established difference: {body}."
+        return f"{head}, {what}: {more} has a larger train-validation gap than {less}: {body}."
+    return f"{head}, {what}: no established difference: {body}."
 
 
 def _configuration_sentences(tests: pd.DataFrame) -> list[str]:
@@ -138,8 +174,9 @@ def _configuration_sentences(tests: pd.DataFrame) -> list[str]:
     if c.empty:
         return []
     out = []
-    head = ("Configuration level (seed noise only, within one replicate: about these configurations, "
-            "not the activations)")
+    explore = ", exploratory" if c["exploratory"].any() else ""
+    head = (f"Configuration level (secondary{explore}; seed noise only, within one replicate: about these "
+            "configurations, not the activations)")
     for _, r in c[c["significant"]].iterrows():
         flip = r["estimate"] < 0
         win, lose = (r["config_b"], r["config_a"]) if flip else (r["config_a"], r["config_b"])
@@ -163,15 +200,18 @@ def _configuration_sentences(tests: pd.DataFrame) -> list[str]:
 
 
 def _sensitivity_sentences(tests: pd.DataFrame) -> list[str]:
-    s = tests[(tests["level"] == SENSITIVITY) & tests["significant"]]
+    s = tests[tests["level"] == SENSITIVITY]
     out = []
-    for _, r in s.iterrows():
-        what = "log10(learning rate)" if r["param"] == "lr" else "epochs"
+    for _, r in s[s["significant"]].iterrows():
         direction = "rises" if r["estimate"] > 0 else "falls"
-        out.append(f"Search sensitivity: {r['arm_a']}'s final val accuracy {direction} with {what} "
-                   f"(Spearman rho={r['estimate']:+.2f}, CI {r['ci_low']:+.2f} to {r['ci_high']:+.2f} at "
-                   f"{r['conf_level']:.1%} (Fisher z, approximate); {r['test']}; n={int(r['n'])} finished "
-                   f"search trials; {_family(r)}).")
+        out.append(f"Search sensitivity (secondary{', exploratory' if r['exploratory'] else ''}): "
+                   f"{r['arm_a']}'s {r['epochs_note']}, {direction} with log10(learning rate) "
+                   f"(Spearman rho={r['estimate']:+.2f}, {r['conf_level']:.1%} CI {r['ci_low']:+.2f} to "
+                   f"{r['ci_high']:+.2f} (Fisher z, approximate: it may disagree with the exact p); "
+                   f"{r['test']}; n={int(r['n'])} search trials; {_family(r)}).")
+    untested = s[s["p_value"].isna() & s["reason"].str.startswith("no per-epoch rows")]
+    if len(untested):
+        out.append(f"Search sensitivity: not tested: {untested['reason'].iloc[0]}.")
     return out
 
 
@@ -184,12 +224,72 @@ def _divergence_sentence(div: pd.DataFrame) -> str | None:
         parts.append(f"{r['arm']} {r['stage']} {int(r['diverged'])} of {int(r['runs'])} "
                      f"({100 * r['rate']:.0f}%, {ci})")
     return ("Diverged runs (divergence rate per arm, exact binomial CI): " + "; ".join(parts)
-            + ". They are left out of every accuracy mean and test above.")
+            + ". The primary test counts each diverged confirmation run at its recorded accuracy "
+              "(intention to treat); the finished-runs-only comparison leaves them out.")
 
 
-def _seed_counts(trials: pd.DataFrame, stage: str) -> dict[str, list[int]]:
-    """Per arm, finished runs in each replicate (replicate order)."""
-    c = trials[(trials["stage"] == stage) & (trials["status"] == "finished")]
+def _outlier_sentence(diffs: pd.DataFrame) -> str | None:
+    """A replicate difference far from the others: the t-test assumes roughly symmetric differences.
+    Each difference is compared with a t prediction interval of the others (its studentized
+    deletion residual); a warning when the smallest p, times R (Bonferroni), is below
+    ``OUTLIER_P``: about 1% of normal samples warn."""
+    from scipy import stats
+
+    for (a, b), g in diffs.groupby(["arm_a", "arm_b"]):
+        d = 100 * g["difference"].to_numpy(float)
+        n = len(d)
+        if n < 4:
+            continue
+        best = None
+        for i, v in enumerate(d):
+            rest = np.delete(d, i)
+            sd = rest.std(ddof=1)
+            if not sd > 0:
+                continue
+            z = abs(v - rest.mean()) / (sd * math.sqrt(1 + 1 / len(rest)))
+            p = 2 * stats.t.sf(z, len(rest) - 1)
+            if best is None or p < best[0]:
+                best = (p, i, v, rest)
+        if best is not None and best[0] * n < OUTLIER_P:
+            p, i, v, rest = best
+            r = int(g["replicate"].iloc[i])
+            return (f"Skew warning: replicate {r}'s difference {a} - {b} = {v:+.1f} points lies outside the "
+                    f"others' range (the other {len(rest)}: mean {rest.mean():+.1f}, sd "
+                    f"{rest.std(ddof=1):.2f}; prediction p={p:.1e}, x{n} = {p * n:.1e}): the paired t-test "
+                    f"assumes roughly symmetric replicate differences, and with skewed search luck a "
+                    f"fixed-R t-test named a false winner up to 3 times as often as alpha in the calibration "
+                    f"(benchmarks/README.md).")
+    return None
+
+
+def _edge_sentence(trials: pd.DataFrame, meta: dict | None) -> str | None:
+    """A chosen learning rate near an end of the searched range: the range may decide."""
+    lo = hi = None
+    for m in (meta or {}).values():
+        space = (((m or {}).get("config") or {}).get("search") or {}).get("space") or {}
+        lr = space.get("lr") if isinstance(space, dict) else None
+        ends = (lr.get("low"), lr.get("high")) if isinstance(lr, dict) else (None, None)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ends):
+            lo, hi = float(ends[0]), float(ends[1])
+    c = trials[(trials["stage"] == "confirm")]
+    if lo is None or not (0 < lo < hi) or "lr" not in c or c.empty:
+        return None
+    x = np.log10(pd.to_numeric(c["lr"], errors="coerce"))
+    span = np.log10(hi) - np.log10(lo)
+    near = c[(x - np.log10(lo) < EDGE_FRACTION * span) | (np.log10(hi) - x < EDGE_FRACTION * span)]
+    if near.empty:
+        return None
+    cells = near.drop_duplicates(["arm", "replicate"]) if "replicate" in near else near.drop_duplicates("arm")
+    parts = [f"{r['arm']} (replicate {int(r['replicate']) if 'replicate' in r else 0}: lr {r['lr']:.2g})"
+             for _, r in cells.iterrows()]
+    return (f"Search range warning: chosen learning rates within {EDGE_FRACTION:.0%} of an end of the "
+            f"searched range [{lo:g}, {hi:g}] (log scale): {', '.join(parts)}. An optimum at or beyond the "
+            f"edge is found less well than one inside it, so the range, not the activation, may decide.")
+
+
+def _seed_counts(trials: pd.DataFrame, stage: str, statuses=("finished",)) -> dict[str, list[int]]:
+    """Per arm, runs of ``statuses`` in each replicate (replicate order)."""
+    c = trials[(trials["stage"] == stage) & trials["status"].isin(statuses)]
     if c.empty:
         return {}
     rep = c["replicate"].fillna(0) if "replicate" in c else 0
@@ -218,69 +318,197 @@ def _jsonable(v: Any) -> Any:
     return v
 
 
+def declared_primary(meta: dict | None) -> tuple[str | None, list[str]]:
+    """``analysis.primary`` of the experiments' configs (None: not declared) and notes on conflicts."""
+    values = {name: (((m or {}).get("config") or {}).get("analysis") or {}).get("primary")
+              for name, m in (meta or {}).items()}
+    declared = sorted({v for v in values.values() if isinstance(v, str) and v})
+    if len(declared) > 1:
+        return declared[0], [f"The experiments declare different primary metrics ({', '.join(declared)}); "
+                             f"the report tests {declared[0]}."]
+    return (declared[0] if declared else None), []
+
+
+def declared_plan(meta: dict | None) -> tuple[sequential.Plan | None, list[str]]:
+    """The replicate plan of the first experiment with a config (None without one)."""
+    for name, m in (meta or {}).items():
+        cfg = (m or {}).get("config")
+        if cfg:
+            try:
+                return sequential.plan_from_config(cfg), []
+            except ValueError as e:
+                return None, [f"`{name}`: {e}; the report treats the replicates run as a fixed design"]
+    return None, []
+
+
+def stages_complete(trials: pd.DataFrame) -> bool | None:
+    """False when the loader marks a stage incomplete (a boolean ``stage_complete`` column or a
+    ``complete`` attribute of the trials table); None when it gives no such signal."""
+    if "stage_complete" in trials and len(trials):
+        return bool(trials["stage_complete"].fillna(True).astype(bool).all())
+    if "complete" in trials.attrs:
+        return bool(trials.attrs["complete"])
+    return None
+
+
+def _answer(look: dict, label: str, margin_points: float, synthetic: bool) -> str:
+    """The report's opening sentence."""
+    where = " (on SYNTHETIC data: says nothing about CIFAR-10)" if synthetic else ""
+    r, plural = look["replicates"], "s" if look["replicates"] != 1 else ""
+    b = look["boundary"]
+    at = (f"look {look['look']} of {look['looks_planned']}, R={r} replicate pair{plural}"
+          if look["looks_planned"] > 1 else f"R={r} replicate pair{plural}")
+    if look["decision"] == "winner":
+        a, l_ = (look["arm_a"], look["arm_b"]) if look["difference"] > 0 else (look["arm_b"], look["arm_a"])
+        lo, hi = sorted(abs(v) for v in look["ci"]) if look["ci"][0] * look["ci"][1] > 0 else look["ci"]
+        return (f"Answer{where}: {a} beats {l_} on {label} by {abs(look['difference']):.1f} points "
+                f"({look['ci_level']:.1%} CI {lo:.1f} to {hi:.1f}; {at}; p={_p(look['p_value'])} below "
+                f"the boundary {b['nominal_alpha']:.3g}).")
+    if look["decision"] == "equivalent":
+        lo, hi = look["equivalence_ci"]
+        return (f"Answer{where}: {look['arm_a']} and {look['arm_b']} are equivalent on {label} within "
+                f"±{margin_points:g} points: {look['arm_a']} - {look['arm_b']} = {look['difference']:+.1f} "
+                f"points ({look['equivalence_ci_level']:.1%} CI {lo:+.1f} to {hi:+.1f} inside the margin: "
+                f"TOST at one-sided {b['equivalence_alpha']:.3g}; {at}).")
+    if look["ci"] is None:
+        return f"Answer{where}: undecided: {look['reason'] or 'no test could be made'}."
+    lo, hi = look["ci"]
+    return (f"Answer{where}: undecided: {look['arm_a']} - {look['arm_b']} = {look['difference']:+.1f} points "
+            f"on {label} ({look['ci_level']:.1%} CI {lo:+.1f} to {hi:+.1f}; {at}): neither a winner "
+            f"(p={_p(look['p_value'])}, boundary {b['nominal_alpha']:.3g}) nor equivalence within "
+            f"±{margin_points:g} points is shown.")
+
+
+def _power_sentence(look: dict) -> str | None:
+    if look["mde_points"] is None:
+        return None
+    text = (f"Detectable: with R={look['replicates']} replicate pairs and the observed spread (sd of the "
+            f"replicate differences {look['sd_points']:.2f} points), this run finds a true difference of "
+            f"{look['mde_points']:.1f} points with 80% power at this look's level.")
+    if look["decision"] in ("undecided", "continue"):
+        need = look["replicates_for_power"]
+        text += (f" To find the observed {abs(look['difference']):.1f} points with 80% power would take "
+                 + (f"{need} replicate pairs ({need - look['replicates']} more)." if need is not None
+                    else f"more than {sequential.MAX_EXTRA:,} replicate pairs."))
+    return text
+
+
 def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dict | None = None, *,
-             alpha: float = ALPHA, margin_points: float = 1.0) -> Conclusion:
-    """Run the decision rule on one analysis and phrase it: claims (the verdict's sentences) and
-    the verdict.json record (schema in this module's docstring)."""
+             alpha: float = ALPHA, margin_points: float = MARGIN_POINTS, metric: str | None = None,
+             plan: sequential.Plan | None = None) -> Conclusion:
+    """Run the decision rule on one analysis and phrase it: the answer, the claims and the
+    verdict.json record (schema in this module's docstring). ``metric`` defaults to the config's
+    ``analysis.primary``, else :func:`analysis.summaries.primary_metric`; ``plan`` to the config's
+    ``search.replicates``."""
     data = describe_data(meta)
-    claims = [data_sentence(data)]
+    notes: list[str] = []
     stage = "confirm"
+    declared, n1 = declared_primary(meta)
+    metric = metric or declared or primary_metric(trials, stage)
+    if plan is None:
+        plan, n2 = declared_plan(meta)
+        notes += n2
+        if plan is None:  # no recorded plan: the replicates run, as a fixed design (one look)
+            r = max(1, len(replicate_differences(trials, metric, stage).groupby("replicate")))
+            plan = sequential.Plan(r, r)
+            notes.append(f"No replicate plan was recorded (no config.yaml): the {r} replicate(s) run are "
+                         f"tested as a fixed design, one look at alpha={alpha}.")
+    notes += n1
+    plan = sequential.Plan(plan.min_replicates, plan.max_replicates, alpha)
     has_confirm = bool(((trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])).any())
-    tests = decision_tests(trials, epochs, alpha=alpha, margin_points=margin_points, stage=stage)
+    look = sequential.look(trials, plan, margin_points=margin_points, metric=metric, final=True)
+    b = look["boundary"]
+    tests = decision_tests(trials, epochs, metric=metric, alpha=alpha, margin_points=margin_points,
+                           stage=stage, primary_alpha=b["nominal_alpha"],
+                           equivalence_alpha=b["equivalence_alpha"])
+    diffs = replicate_differences(trials, metric, stage)
     div = divergence(trials)
-    seed_counts = _seed_counts(trials, stage)
+    seed_counts = _seed_counts(trials, stage, ("finished", "diverged"))
     seeds = {a: _range_text(v) for a, v in seed_counts.items()}
     dec = activation_decision(tests) if tests["primary"].any() else pd.DataFrame()
     arms = sorted(trials["arm"].dropna().unique())
+    label = LABELS.get(metric, metric)
+    answer = _answer(look, label, margin_points, data["synthetic"])
+    claims = [data_sentence(data)]
     reason = None
     if not has_confirm:
         reason = ("no confirmation-stage trials yet: the search alone compares configurations that "
                   "differ in hyperparameters and search luck, not activations")
         claims.append(f"Activation level: the activation effect is not established: {reason}.")
+        answer = f"Answer: undecided: {reason}."
     elif len(arms) < 2 or dec.empty:
         reason = f"only one arm ({', '.join(arms)}) has results: nothing to compare"
         claims.append(f"Activation level: {reason}.")
+        answer = f"Answer: undecided: {reason}."
     prim = tests[tests["primary"]]
-    head = "Activation level (on SYNTHETIC data)" if data["synthetic"] else "Activation level"
+    head, tag = "Activation level", ("on SYNTHETIC data" if data["synthetic"] else "")
     for _, row in prim.iterrows():
-        claims.append(_activation_sentence(row, margin_points, seeds, head))
+        claims.append(_activation_sentence(row, margin_points, seeds, head, tag))
+    if (p := _power_sentence(look)) is not None and has_confirm:
+        claims.append(p)
     for _, row in tests[(tests["level"] == ACTIVATION) & ~tests["primary"]].iterrows():
-        claims.append(_gap_sentence(row, seeds, head))
+        if row["metric"] == metric:
+            claims.append(_activation_sentence(row, margin_points, seeds, head, tag))
+        else:
+            claims.append(_gap_sentence(row, seeds, head, tag))
     claims += _configuration_sentences(tests)
     claims += _sensitivity_sentences(tests)
-    if (d := _divergence_sentence(div)) is not None:
-        claims.append(d)
+    for extra in (_divergence_sentence(div), _outlier_sentence(diffs), _edge_sentence(trials, meta)):
+        if extra is not None:
+            claims.append(extra)
     if "gap_source" in trials and (trials.loc[trials["stage"] == stage, "gap_source"] == GAP_RUNNING).any():
-        claims.append("Generalization gap: these runs predate train_eval_accuracy, so the gap uses the "
+        claims.append("Train-validation gap: these runs predate train_eval_accuracy, so the gap uses the "
                       "running training accuracy (dropout on, weights changing during the epoch) minus "
                       "val accuracy: not measured like val accuracy; read it as indicative only.")
+    claims += notes
+    complete = stages_complete(trials)
+    if complete is False:
+        claims.append("Incomplete: the loader reports a stage that did not finish; this verdict covers the "
+                      "runs that did.")
 
     d0 = dec.iloc[0].to_dict() if len(dec) else {}
     tested = bool(d0) and bool(np.isfinite(d0.get("p_value", np.nan)))
-    metric = prim["metric"].iloc[0] if len(prim) else None
-    usable = trials[(trials["stage"] == stage) & (trials["status"] == "finished")]
+    usable = trials[(trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])]
     reps = usable.assign(replicate=usable["replicate"].fillna(0) if "replicate" in usable else 0)
+    decision = look["decision"] if look["decision"] in ("winner", "equivalent") else "undecided"
     record = {
         "schema_version": SCHEMA_VERSION,
+        "answer": answer,
+        "decision": decision,
+        "winner": look["winner"],
+        "complete": True if complete is None else complete,
+        "complete_signal": "loader" if complete is not None else "none (the loader gives no incomplete-stage "
+                                                                  "signal: assumed complete)",
         "primary_metric": metric,
-        "primary_metric_label": LABELS.get(metric) if metric else None,
+        "primary_metric_label": label,
         "unit": "replicate",
-        "test": PAIRED_TEST,
-        "min_replicates": MIN_REPLICATES,
+        "counting": ITT,
+        "test": look["test"],
         "alpha": alpha,
+        "min_replicates": MIN_REPLICATES,
+        "plan": {"min": plan.min_replicates, "max": plan.max_replicates},
+        "replicates_run": look["replicates"],
+        "looks": look["look"],
+        "looks_planned": look["looks_planned"],
+        "boundary": b,
+        "mde_points": look["mde_points"],
+        "sd_points": look["sd_points"],
+        "replicates_for_power": look["replicates_for_power"],
         "arms": arms,
         "arm_a": d0.get("arm_a"), "arm_b": d0.get("arm_b"),
-        "winner": d0.get("winner"),
-        "tested": bool(d0.get("tested", False)),
+        "tested": tested,
         "reason": reason or (d0.get("reason") or None),
-        "equivalent": bool(d0.get("equivalent", False)),
+        "equivalent": decision == "equivalent",
         "equivalence_margin_points": margin_points,
         "difference": d0.get("estimate"),
         "difference_units": "accuracy (fraction of 1), arm_a - arm_b",
         "ci": [d0.get("ci_low"), d0.get("ci_high")] if tested else None,
         "ci_level": d0.get("conf_level") if tested else None,
-        "p_value": d0.get("p_value"), "p_holm": d0.get("p_holm"),
-        "tests_in_family": int(tests["p_value"].notna().sum()),
+        "equivalence_ci": ([v / 100 for v in look["equivalence_ci"]] if tested and look["equivalence_ci"]
+                           else None),
+        "equivalence_ci_level": look["equivalence_ci_level"] if tested else None,
+        "p_value": d0.get("p_value"),
+        "secondary_tests": int((~tests["primary"] & tests["p_value"].notna()).sum()),
         "p_a_better": d0.get("p_a_better"),
         "p_a_better_ci": [d0.get("p_a_better_low"), d0.get("p_a_better_high")] if d0 else None,
         "replicates": {a: int(reps.loc[reps["arm"] == a, "replicate"].nunique()) for a in arms},
@@ -293,12 +521,14 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
         "data": data["experiments"],
         "claims": claims,
         "comparisons": [
-            {k: r[k] for k in ("level", "metric", "arm_a", "arm_b", "replicate", "param", "config_a",
-                               "config_b", "n", "estimate", "ci_low", "ci_high", "conf_level", "test",
-                               "p_value", "p_holm", "significant", "equivalent", "p_a_better", "reason")}
+            {k: r[k] for k in ("family", "level", "metric", "counting", "arm_a", "arm_b", "replicate",
+                               "param", "config_a", "config_b", "n", "estimate", "ci_low", "ci_high",
+                               "conf_level", "test", "p_value", "p_holm", "significant", "exploratory",
+                               "equivalent", "p_a_better", "reason")}
             for _, r in tests.iterrows()],
     }
-    return Conclusion(tests=tests, claims=claims, record=_jsonable(record), divergence=div)
+    return Conclusion(tests=tests, claims=claims, record=_jsonable(record), divergence=div,
+                      differences=diffs, look=look)
 
 
 def verdict(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dict | None = None,

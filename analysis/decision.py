@@ -1,24 +1,26 @@
-"""The decision rule: every test the report makes, in one Holm family, and the activation winner.
+"""The decision rule: one primary test at full alpha, every other test in one secondary family.
 
-A sweep tunes each arm R times (``replicate`` 0..R-1; replicate r of every arm shares its sampler
-seed and data split) and retrains each replicate's tuned configuration over K seeds (seed k shared
-across arms within a replicate). Two levels are kept apart:
+A sweep tunes each arm R times (``replicate`` 0..R-1; replicate r of every arm shares its trial
+candidates, seeds and data split) and retrains each replicate's tuned configuration over K seeds
+(seed k shared across arms within a replicate).
 
-* **activation level** (unit: the replicate). Each replicate's value is the mean over its seeds,
-  so it carries the luck of that replicate's search as well as seed noise. Arms are compared by a
-  paired t-test on the replicate means (paired by replicate), which
-  ``benchmarks/bench_calibration.py`` shows to be calibrated where a seed-level test is not. Only
-  this level can name an activation as the winner. Fewer than ``MIN_REPLICATES`` replicates, or
-  replicate differences without spread: no test, and the reason is kept.
-* **configuration level** (unit: the seed, within one replicate). Welch's t-test between two tuned
-  configurations, named by their lr/epochs: a claim about those configurations only.
-* **search sensitivity**: Spearman's rho of final val accuracy with log10(lr) and with epochs,
-  exact p for n <= 9.
+* **primary** (declared before the run: ``analysis.primary``, default final test accuracy; unit:
+  the replicate). Each replicate's value is the mean over ALL its confirmation runs, a diverged run
+  counted at its recorded accuracy (intention to treat: dropping them favours the arm that
+  diverges), and a replicate whose seeds all diverged stays in the pairing. Arms are compared by a
+  paired t-test on the replicate means, tested alone at its own level (``alpha``, or the
+  group-sequential look's nominal level: :mod:`analysis.sequential`). Only this test can name a
+  winner. Equivalence is TOST at the same level: both one-sided tests of |difference| >= margin
+  reject. Fewer than ``MIN_REPLICATES`` replicates, or differences without spread: no test.
+* **secondary family** (Holm within it; exploratory unless the primary is rejected): the same
+  comparison over finished runs only (survivors), the train-validation gap (at each arm's chosen
+  configuration and at matched epochs), the configuration level (Welch's t-test between two tuned
+  configurations over seeds, within one replicate: a claim about those configurations only) and
+  search sensitivity (Spearman's rho of validation accuracy with log10(lr), over EVERY search trial
+  at the last epoch all of them reached, so ASHA's selection of which trials ran on does not enter).
 
-Every tested hypothesis of one analysis is Holm-adjusted together, and every interval is drawn at
-the level of its Holm step (:func:`analysis.stats.holm_levels`), so an interval excludes 0 exactly
-when its adjusted p < alpha. A difference whose interval lies within +-``margin`` points is called
-equivalent ("no difference larger than 1 point").
+Every interval is drawn at the level its decision uses (the primary's nominal level; a secondary
+test's Holm step level, :func:`analysis.stats.holm_levels`), and the level is printed with it.
 
 Everything is vectorised over ``by`` (a column naming independent analyses), so the calibration
 benchmark runs thousands of simulated experiments through this exact code in one pass.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from analysis.metrics import epoch_gap
 from analysis.stats import (
@@ -44,16 +47,24 @@ from analysis.summaries import primary_metric
 
 MIN_REPLICATES = 3  # paired t on replicate means needs df >= 2 (see benchmarks/README.md)
 MIN_SEEDS = 3       # per configuration, for a seed-level Welch test
-MARGIN_POINTS = 1.0  # default equivalence margin, percentage points (config: analysis.equivalence_margin)
+# Default equivalence margin, percentage points (config: analysis.equivalence_margin): the smallest
+# margin the default sequential plan (3..8 replicates) shows with >= 90% probability when the arms
+# do not differ, at the spread measured on real runs (benchmarks/README.md, calibration).
+MARGIN_POINTS = 2.0
+PRIMARY_METRIC = "final_test_accuracy"  # default of analysis.primary
+PRIMARY_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy")  # its allowed values
 KEY = "_analysis"
 ACTIVATION, CONFIGURATION, SENSITIVITY = "activation", "configuration", "sensitivity"
+PRIMARY, SECONDARY = "primary", "secondary"
 PAIRED_TEST = "paired t-test on replicate means"
+ITT = "every run (diverged ones at their recorded accuracy)"
+SURVIVORS = "finished runs only"
 WELCH_TEST = "Welch t-test on seeds"
 DIFFERENCE_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy", "final_gap",
                       "gap_matched_epoch")
-TEST_COLUMNS = [KEY, "level", "metric", "arm_a", "arm_b", "replicate", "param", "config_a", "config_b",
-                "n", "n_a", "n_b", "mean_a", "mean_b", "estimate", "se", "df", "statistic", "p_value",
-                "test", "reason", "wins", "ties", "epochs_note"]
+TEST_COLUMNS = [KEY, "level", "metric", "counting", "arm_a", "arm_b", "replicate", "param", "config_a",
+                "config_b", "n", "n_a", "n_b", "mean_a", "mean_b", "estimate", "se", "df", "statistic",
+                "p_value", "test", "reason", "wins", "ties", "epochs_note"]
 
 
 def _keyed(df: pd.DataFrame, by: str | None) -> pd.DataFrame:
@@ -79,15 +90,26 @@ def _config_labels(t: pd.DataFrame) -> pd.DataFrame:
     return t.assign(config=ident, config_label=t["arm"].astype(str) + " (" + text + ")")
 
 
+def _itt_values(t: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` of each run; a diverged run without it falls back to its final validation
+    accuracy (the trainable measures the test set at the epoch a run diverges, so this is rare)."""
+    v = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(np.nan, index=t.index)
+    if metric != "final_val_accuracy" and "final_val_accuracy" in t and metric.endswith("accuracy"):
+        fallback = pd.to_numeric(t["final_val_accuracy"], errors="coerce")
+        v = v.where(v.notna() | (t["status"] != "diverged"), fallback)
+    return v
+
+
 def configuration_table(trials: pd.DataFrame, metric: str, stage: str = "confirm",
-                        by: str | None = None) -> pd.DataFrame:
+                        by: str | None = None, itt: bool = False) -> pd.DataFrame:
     """One row per tuned configuration (arm, replicate, config) of ``stage``: ``runs`` (finished or
-    diverged), ``diverged``, and the mean/var of ``metric`` over its ``n`` finished runs.
-    Diverged runs are counted, never averaged in."""
+    diverged), ``diverged``, and the mean/var of ``metric`` over its ``n`` runs: finished runs only,
+    or with ``itt`` every run, a diverged one at its recorded value (intention to treat)."""
     t = _keyed(trials[(trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])], by)
     t = _config_labels(t.assign(replicate=_replicate_col(t)))
-    v = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(np.nan, index=t.index)
-    t = t.assign(v=v.where(t["status"] == "finished"), is_div=t["status"] == "diverged")
+    v = _itt_values(t, metric) if itt else \
+        (pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(np.nan, index=t.index))
+    t = t.assign(v=v if itt else v.where(t["status"] == "finished"), is_div=t["status"] == "diverged")
     g = t.groupby([KEY, "arm", "replicate", "config"], sort=True)
     out = g.agg(config_label=("config_label", "first"), runs=("v", "size"), diverged=("is_div", "sum"),
                 n=("v", "count"), mean=("v", "mean"), var=("v", "var"))
@@ -95,10 +117,11 @@ def configuration_table(trials: pd.DataFrame, metric: str, stage: str = "confirm
 
 
 def replicate_table(trials: pd.DataFrame, metric: str, stage: str = "confirm",
-                    by: str | None = None) -> pd.DataFrame:
+                    by: str | None = None, itt: bool = False) -> pd.DataFrame:
     """One row per (arm, replicate): ``mean`` = the mean over its configurations' seed means (one
-    configuration per replicate in a standard sweep), ``n`` finished seeds, ``diverged``."""
-    c = configuration_table(trials, metric, stage, by)
+    configuration per replicate in a standard sweep), ``n`` seeds averaged (finished ones, or with
+    ``itt`` every run), ``diverged``."""
+    c = configuration_table(trials, metric, stage, by, itt)
     g = c.groupby([KEY, "arm", "replicate"], sort=True)
     out = g.agg(mean=("mean", "mean"), n=("n", "sum"), runs=("runs", "sum"), diverged=("diverged", "sum"),
                 configs=("config", "size"), config_label=("config_label", "first")).reset_index()
@@ -157,14 +180,35 @@ def _arm_counts(rep: pd.DataFrame) -> pd.DataFrame:
     return pairs.assign(n_a=pairs["n_a"].fillna(0).astype(int), n_b=pairs["n_b"].fillna(0).astype(int))
 
 
-def activation_tests(trials: pd.DataFrame, metric: str, stage: str = "confirm",
-                     by: str | None = None) -> pd.DataFrame:
-    """Activation-level rows for ``metric``: per arm pair, the paired t-test on replicate means."""
-    rep = replicate_table(trials, metric, stage, by)
+def _replicate_pairs(trials: pd.DataFrame, metric: str, stage: str, by: str | None,
+                     itt: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rep = replicate_table(trials, metric, stage, by, itt)
     usable = rep[rep["n"] > 0]
     m = usable.merge(usable, on=[KEY, "replicate"], suffixes=("_a", "_b"))
-    m = m[m["arm_a"] < m["arm_b"]]
-    return _paired(_arm_counts(rep), m, metric)
+    return rep, m[m["arm_a"] < m["arm_b"]]
+
+
+def activation_tests(trials: pd.DataFrame, metric: str, stage: str = "confirm",
+                     by: str | None = None, itt: bool = False) -> pd.DataFrame:
+    """Activation-level rows for ``metric``: per arm pair, the paired t-test on replicate means
+    (finished runs only, or with ``itt`` every run)."""
+    rep, m = _replicate_pairs(trials, metric, stage, by, itt)
+    return _paired(_arm_counts(rep), m, metric).assign(counting=ITT if itt else SURVIVORS)
+
+
+def replicate_differences(trials: pd.DataFrame, metric: str | None = None, stage: str = "confirm",
+                          by: str | None = None) -> pd.DataFrame:
+    """The primary question's data: one row per arm pair (arm_a < arm_b) and replicate with results
+    in both arms: ``mean_a``, ``mean_b`` (every run counted) and ``difference`` = a - b (fraction
+    of 1). ``attrs["metric"]`` names the metric (default :func:`analysis.summaries.primary_metric`)."""
+    metric = metric or primary_metric(trials, stage)
+    _, m = _replicate_pairs(trials, metric, stage, by, itt=True)
+    cols = ([KEY] if by else []) + ["arm_a", "arm_b", "replicate", "mean_a", "mean_b"]
+    out = m[cols].assign(difference=m["mean_a"] - m["mean_b"]).sort_values(cols[:-2])
+    out = out.rename(columns={KEY: by}) if by else out
+    out = out.reset_index(drop=True)
+    out.attrs["metric"] = metric
+    return out
 
 
 def matched_epoch_gap_tests(trials: pd.DataFrame, epochs: pd.DataFrame, stage: str = "confirm",
@@ -232,35 +276,60 @@ def configuration_tests(trials: pd.DataFrame, metric: str, stage: str = "confirm
     return out
 
 
-def sensitivity_tests(trials: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
-    """Search-stage rows: Spearman's rho of final val accuracy with log10(lr) and with epochs, per
-    arm over its finished search trials (all replicates pooled); n >= 5 and both sides varying."""
-    t = _keyed(trials[(trials["stage"] == "search") & (trials["status"] == "finished")], by)
+SENSITIVITY_EPOCH_NOTE = ("val accuracy of every search trial at epoch {epoch}, the last epoch all of "
+                          "this arm's search trials reached (so ASHA's choice of which trials ran on "
+                          "does not enter)")
+
+
+def sensitivity_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None,
+                      by: str | None = None) -> pd.DataFrame:
+    """Search-stage rows: Spearman's rho of validation accuracy with log10(lr), per arm over EVERY
+    search trial that ran (all replicates pooled), each at the last epoch all of that arm's trials
+    reached. ASHA lets only trials that look good train on, so a test over the finished trials (or
+    of accuracy against epochs trained) would test ASHA's selection; this one does not. Without
+    per-epoch rows it cannot be made: the row says so. n >= 5 and both sides varying."""
+    t = _keyed(trials[(trials["stage"] == "search")
+                      & trials["status"].isin(["finished", "stopped_early", "diverged"])], by)
+    if t.empty or "lr" not in t:
+        return pd.DataFrame(columns=TEST_COLUMNS)
+    e = epochs[epochs["stage"] == "search"] if epochs is not None and len(epochs) and "stage" in epochs \
+        else None
+    if e is None or e.empty or "val_accuracy" not in e:
+        arms = t[[KEY, "arm"]].drop_duplicates()
+        return pd.DataFrame({KEY: arms[KEY], "arm_a": arms["arm"], "param": "lr", "n": 0,
+                             "estimate": np.nan, "p_value": np.nan, "test": "Spearman",
+                             "reason": "no per-epoch rows of the search: accuracy at a common epoch, the "
+                                       "only comparison free of ASHA's selection, cannot be computed",
+                             "level": SENSITIVITY, "metric": "val_accuracy", "n_a": 0})
+    e = e[["experiment", "stage", "trial_id", "epoch", "val_accuracy"]].merge(
+        t[[KEY, "experiment", "stage", "trial_id", "arm", "lr"]], on=["experiment", "stage", "trial_id"])
+    e = e.assign(epoch=pd.to_numeric(e["epoch"], errors="coerce"),
+                 y=pd.to_numeric(e["val_accuracy"], errors="coerce")).dropna(subset=["epoch", "y"])
+    last = e.groupby([KEY, "arm", "trial_id"])["epoch"].max().groupby(level=[0, 1]).min().rename("common")
+    e = e.join(last, on=[KEY, "arm"])
+    e = e[e["epoch"] == e["common"]].drop_duplicates([KEY, "arm", "trial_id"])
+    d = pd.DataFrame({KEY: e[KEY], "arm": e["arm"], "x": np.log10(pd.to_numeric(e["lr"], errors="coerce")),
+                      "y": e["y"]}).dropna()
     rows = []
-    for param in ("lr", "epochs"):
-        if param not in t or "final_val_accuracy" not in t:
-            continue
-        x = pd.to_numeric(t[param], errors="coerce")
-        d = pd.DataFrame({KEY: t[KEY], "arm": t["arm"], "x": np.log10(x) if param == "lr" else x,
-                          "y": pd.to_numeric(t["final_val_accuracy"], errors="coerce")}).dropna()
-        for n, grp in _by_size(d):
-            keys, xs, ys = grp
-            varies = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
-            rho = np.full(len(keys), np.nan)
-            p = np.full(len(keys), np.nan)
-            test = "Spearman"
-            if n >= MIN_SPEARMAN_N and varies.any():
-                rho[varies], p[varies], test = spearman_batch(xs[varies], ys[varies])
-            reason = np.where(n < MIN_SPEARMAN_N, f"n={n} finished search trials; at least "
-                              f"{MIN_SPEARMAN_N} needed", np.where(varies, "", f"{param} or accuracy "
-                                                                   f"does not vary"))
-            rows.append(pd.DataFrame({KEY: [k[0] for k in keys], "arm_a": [k[1] for k in keys],
-                                      "param": param, "n": n, "estimate": rho, "p_value": p,
-                                      "test": test, "reason": reason}))
+    for n, grp in _by_size(d):
+        keys, xs, ys = grp
+        varies = (np.ptp(xs, axis=1) > 0) & (np.ptp(ys, axis=1) > 0)
+        rho = np.full(len(keys), np.nan)
+        p = np.full(len(keys), np.nan)
+        test = "Spearman"
+        if n >= MIN_SPEARMAN_N and varies.any():
+            rho[varies], p[varies], test = spearman_batch(xs[varies], ys[varies])
+        reason = np.where(n < MIN_SPEARMAN_N, f"n={n} search trials; at least {MIN_SPEARMAN_N} needed",
+                          np.where(varies, "", "lr or accuracy does not vary"))
+        rows.append(pd.DataFrame({KEY: [k[0] for k in keys], "arm_a": [k[1] for k in keys],
+                                  "param": "lr", "n": n, "estimate": rho, "p_value": p,
+                                  "test": test, "reason": reason,
+                                  "epochs_note": [SENSITIVITY_EPOCH_NOTE.format(epoch=f"{last[k]:.0f}")
+                                                  for k in keys]}))
     if not rows:
         return pd.DataFrame(columns=TEST_COLUMNS)
     out = pd.concat(rows, ignore_index=True)
-    return out.assign(level=SENSITIVITY, metric="final_val_accuracy", n_a=out["n"])
+    return out.assign(level=SENSITIVITY, metric="val_accuracy", n_a=out["n"])
 
 
 def _by_size(d: pd.DataFrame):
@@ -276,32 +345,47 @@ def _by_size(d: pd.DataFrame):
         yield int(n), ([keys[i] for i in idx], x[take], y[take])
 
 
-def finalize(tests: pd.DataFrame, alpha: float = ALPHA, margin_points: float = MARGIN_POINTS) -> pd.DataFrame:
-    """Holm-adjust each analysis' tested hypotheses together and draw every interval at its
-    Holm step's level; add ``significant``, ``equivalent`` and P(a beats b) with its interval."""
+def finalize(tests: pd.DataFrame, alpha: float = ALPHA, margin_points: float = MARGIN_POINTS,
+             primary_alpha: float | None = None, equivalence_alpha: float | None = None) -> pd.DataFrame:
+    """Test the primary row(s) (``primary`` column) alone at ``primary_alpha`` (default ``alpha``)
+    and Holm-adjust the other rows of each analysis together (the secondary family); draw every
+    interval at the level its decision uses. Adds ``family``, ``family_size``, ``p_holm`` (the
+    primary's own p), ``conf_level``, ``ci_low``/``ci_high``, ``significant``, ``exploratory``
+    (secondary rows while the primary is not rejected), ``equivalent`` (TOST at one-sided
+    ``equivalence_alpha`` for the primary, default ``alpha``; at its Holm level for a secondary
+    difference) and P(a beats b) with its interval."""
     t = tests.reset_index(drop=True)
-    p_holm, level = holm_levels(t["p_value"], alpha, t[KEY])
-    t["family_size"] = t.groupby(KEY)["p_value"].transform("count")
-    t["p_holm"] = p_holm
-    tested = np.isfinite(t["p_value"].to_numpy(float))
-    conf = np.where(tested, 1 - level, 1 - alpha)
+    prim = t["primary"].fillna(False).astype(bool).to_numpy() if "primary" in t else np.zeros(len(t), bool)
+    pa = alpha if primary_alpha is None else primary_alpha
+    ea = alpha if equivalence_alpha is None else equivalence_alpha
+    t["family"] = np.where(prim, PRIMARY, SECONDARY)
+    pv = t["p_value"].to_numpy(float)
+    p_holm, level = holm_levels(np.where(prim, np.nan, pv), alpha, t[KEY])
+    tested = np.isfinite(pv)
+    t["family_size"] = np.where(prim, 1, t.assign(_s=np.where(prim, np.nan, pv)).groupby(KEY)["_s"]
+                                .transform("count").to_numpy())
+    t["p_holm"] = np.where(prim, pv, p_holm)
+    sig_level = np.where(prim, pa, level)
+    conf = np.where(tested, 1 - sig_level, 1 - alpha)
     t["conf_level"] = conf
     is_t = (t["level"] != SENSITIVITY).to_numpy() & tested
+    df, est, se = t["df"].to_numpy(float), t["estimate"].to_numpy(float), t["se"].to_numpy(float)
     with np.errstate(invalid="ignore"):
-        from scipy import stats
-
-        q = stats.t.ppf(0.5 + conf / 2, t["df"].to_numpy(float))
-    est, se = t["estimate"].to_numpy(float), t["se"].to_numpy(float)
+        q = stats.t.ppf(0.5 + conf / 2, df)
+        q_eq = stats.t.isf(np.where(prim, ea, sig_level), df)
     lo, hi = est - q * se, est + q * se
     r_lo, r_hi = fisher_z_interval(est, t["n"].to_numpy(float), conf)
     sens = (t["level"] == SENSITIVITY).to_numpy() & tested
     t["ci_low"] = np.where(is_t, lo, np.where(sens, r_lo, np.nan))
     t["ci_high"] = np.where(is_t, hi, np.where(sens, r_hi, np.nan))
-    t["significant"] = tested & (t["p_holm"].to_numpy(float) < alpha)
+    t["significant"] = tested & np.where(prim, pv < pa, t["p_holm"].to_numpy(float) < alpha)
+    primary_rejected = pd.Series(t["significant"] & prim).groupby(t[KEY]).transform("any").to_numpy()
+    t["exploratory"] = ~prim & ~primary_rejected
     margin = margin_points / 100
-    t["equivalent"] = is_t & t["metric"].isin(DIFFERENCE_METRICS).to_numpy() \
-        & (t["ci_low"].to_numpy(float) > -margin) & (t["ci_high"].to_numpy(float) < margin)
+    diff_metric = t["metric"].isin(DIFFERENCE_METRICS).to_numpy()
+    t["equivalent"] = is_t & diff_metric & (est - q_eq * se > -margin) & (est + q_eq * se < margin)
     t["equivalence_margin"] = margin
+    t["equivalence_level"] = np.where(is_t & diff_metric, 1 - 2 * np.where(prim, ea, sig_level), np.nan)
     act = (t["level"] == ACTIVATION).to_numpy()
     n = t["n"].to_numpy(float)
     wins, ties = t["wins"].to_numpy(float), t["ties"].to_numpy(float)
@@ -315,30 +399,32 @@ def finalize(tests: pd.DataFrame, alpha: float = ALPHA, margin_points: float = M
 
 def decision_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, *, metric: str | None = None,
                    alpha: float = ALPHA, margin_points: float = MARGIN_POINTS, stage: str = "confirm",
-                   by: str | None = None) -> pd.DataFrame:
-    """Every hypothesis the report states, one row each (untested ones carry their ``reason``),
-    Holm-adjusted together per analysis, with intervals consistent with the adjustment.
+                   by: str | None = None, primary_alpha: float | None = None,
+                   equivalence_alpha: float | None = None) -> pd.DataFrame:
+    """Every hypothesis the report states, one row each (untested ones carry their ``reason``).
 
-    ``metric`` defaults to :func:`analysis.summaries.primary_metric`. The activation level tests it and
-    the generalization gap (at each arm's chosen configuration, and at matched epochs when
-    ``epochs`` is given and the arms trained for different lengths); the configuration level tests
-    it within each replicate; the sensitivity level correlates search results with lr and epochs.
-    ``by`` names a column of independent analyses (default: one analysis).
+    The primary row (``primary`` True): the activation-level paired t-test on ``metric`` with every
+    run counted, alone at ``primary_alpha`` (default ``alpha``; a group-sequential look passes its
+    nominal level, :mod:`analysis.sequential`), equivalence by TOST at ``equivalence_alpha``.
+    ``metric`` defaults to :func:`analysis.summaries.primary_metric`. The secondary family, Holm-
+    adjusted together: the same test on finished runs only, the train-validation gap (at each arm's
+    chosen configuration, and at matched epochs when ``epochs`` is given and the arms trained for
+    different lengths), the configuration level and search sensitivity (needs the search's
+    per-epoch rows in ``epochs``). ``by`` names a column of independent analyses.
     """
     metric = metric or primary_metric(trials, stage)
-    parts = [activation_tests(trials, metric, stage, by),
+    primary = activation_tests(trials, metric, stage, by, itt=True).assign(primary=True)
+    parts = [primary, activation_tests(trials, metric, stage, by),
              activation_tests(trials, "final_gap", stage, by)]
     if epochs is not None and not epochs.empty:
         parts.append(matched_epoch_gap_tests(trials, epochs, stage, by))
-    parts += [configuration_tests(trials, metric, stage, by), sensitivity_tests(trials, by)]
-    parts = [p.reindex(columns=TEST_COLUMNS) for p in parts if len(p)]
-    if parts:
-        tests = pd.concat(parts, ignore_index=True)
-        tests["reason"] = tests["reason"].fillna("")
-        out = finalize(tests, alpha, margin_points)
-    else:  # nothing to test yet: the same columns, no rows
-        out = finalize(pd.DataFrame(columns=TEST_COLUMNS), alpha, margin_points)
-    out = out.assign(primary=(out["level"] == ACTIVATION) & (out["metric"] == metric))
+    parts += [configuration_tests(trials, metric, stage, by), sensitivity_tests(trials, epochs, by)]
+    cols = TEST_COLUMNS + ["primary"]
+    parts = [p.reindex(columns=cols) for p in parts if len(p)]
+    tests = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    tests["reason"] = tests["reason"].fillna("")
+    tests["primary"] = tests["primary"].fillna(False).astype(bool)
+    out = finalize(tests, alpha, margin_points, primary_alpha, equivalence_alpha)
     if by:
         out = out.rename(columns={KEY: by})
     return out.drop(columns=[KEY], errors="ignore")

@@ -468,3 +468,48 @@ def plot_expected_best(curve: pd.DataFrame, colors: dict | None = None):
             f"Descriptive only: the trials of an adaptive search are not independent. Trials per arm: "
             f"{_n_text(pools)}.")
     return _finish(fig, text)
+
+
+def plot_replicate_differences(differences: pd.DataFrame, look: dict, label: str = "test accuracy"):
+    """The answer at a glance: each replicate's paired difference arm_a - arm_b (points, every run
+    counted), their mean with the interval at this look's level, the winner boundary (the mean a
+    difference needs to cross it at this R and spread) and the ±margin equivalence band.
+    ``differences``: :func:`analysis.decision.replicate_differences`; ``look``:
+    :func:`analysis.sequential.look`. None when there is nothing to draw."""
+    a, b = look.get("arm_a"), look.get("arm_b")
+    if not len(differences):
+        return None
+    d = differences[(differences["arm_a"] == a) & (differences["arm_b"] == b)]
+    if not len(d):
+        return None
+    y = 100 * d["difference"].to_numpy(float)
+    x = d["replicate"].to_numpy(int)
+    margin = float(look["margin_points"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.axhspan(-margin, margin, color="0.5", alpha=0.15, lw=0, label=f"equivalence band ±{margin:g} points")
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.scatter(x, y, color="black", zorder=3, label=f"replicate difference (n={len(y)})")
+    if look.get("ci") is not None:
+        mean, (lo, hi) = look["difference"], look["ci"]
+        at = x.max() + 1
+        ax.errorbar([at], [mean], yerr=[[mean - lo], [hi - mean]], fmt="D", color="C0", capsize=5, zorder=4,
+                    label=f"mean {mean:+.2f}, {look['ci_level']:.1%} CI (this look's level)")
+        bound = look["boundary"]["critical_t"] * look["sd_points"] / np.sqrt(look["replicates"])
+        for s in (-1, 1):
+            ax.axhline(s * bound, color="C3", ls="--", lw=1,
+                       label=f"winner boundary for the mean ±{bound:.2f} (|t| > "
+                             f"{look['boundary']['critical_t']:.2f})" if s > 0 else None)
+        ax.set_xticks(list(x) + [at], [str(v) for v in x] + ["mean"])
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("replicate")
+    ax.set_ylabel(f"{a} - {b}, {label} (points)")
+    ax.set_title(f"{look['decision']}: paired replicate differences, look {look['look']} of "
+                 f"{look['looks_planned']}")
+    ax.legend(fontsize=7, loc="best")
+    text = (f"The primary comparison ({label}): each dot is one replicate's paired difference {a} - {b} "
+            f"(every confirmation run counted, a diverged one at its recorded accuracy), n={len(y)} "
+            f"replicate pairs. The diamond is their mean with its interval at this look's level; the "
+            f"dashed red lines are the winner boundary at this R and spread; the grey band is the "
+            f"±{margin:g}-point equivalence margin.")
+    return _finish(fig, text)

@@ -3,8 +3,10 @@ CSV/Parquet, figures.
 
 ``build_report(results, studies)`` computes everything (no I/O); ``save_report(results, out)``
 draws and writes; ``write_report(paths, out)`` loads, then saves. The sweep calls ``write_report``
-when it ends. report.md, report.html and verdict.json carry the same claims (``Report.verdict`` is
-``Report.record["claims"]``).
+when it ends. The report opens with the answer: one sentence (``record["answer"]``), one figure
+(the paired replicate differences with their interval, the boundary and the ±margin band) and what
+the run could have detected. report.md, report.html and verdict.json carry the same answer and
+claims (``Report.verdict`` is ``Report.record["claims"]``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ from analysis import plots
 from analysis.claims import conclude
 from analysis.compare import UNPAIRED_TEST, separate_replicates, unpaired_tests
 from analysis.contract import CONFIRM, SEARCH
-from analysis.decision import ACTIVATION, CONFIGURATION, SENSITIVITY, configuration_table, replicate_table
+from analysis.decision import (
+    ACTIVATION,
+    CONFIGURATION,
+    MARGIN_POINTS,
+    SENSITIVITY,
+    configuration_table,
+    replicate_table,
+)
 from analysis.load import Results, load_results
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import (
@@ -65,9 +74,11 @@ class Report:
     settings: dict = field(default_factory=dict)
     expected_best: pd.DataFrame = field(default_factory=pd.DataFrame)
     overfitting: pd.DataFrame = field(default_factory=pd.DataFrame)
-    margin_points: float = 1.0
+    margin_points: float = MARGIN_POINTS
     captions: dict = field(default_factory=dict)  # figure name -> caption (draw_figures fills it)
     unpaired: pd.DataFrame = field(default_factory=pd.DataFrame)  # arms of different experiments
+    differences: pd.DataFrame = field(default_factory=pd.DataFrame)  # the primary's replicate pairs
+    look: dict = field(default_factory=dict)  # analysis.sequential.look at the replicates reached
 
 
 def build_report(results: Results, studies: dict | None = None) -> Report:
@@ -98,12 +109,13 @@ def build_report(results: Results, studies: dict | None = None) -> Report:
         verdict=conclusion.claims, confirm_summary=arm_summary(trials), comparisons=conclusion.tests,
         search_summary=search_summary(trials), importances=importances, notes=notes,
         primary_metric=metric, record=conclusion.record,
-        replicates=replicate_table(trials, metric).drop(columns="_analysis"),
+        replicates=replicate_table(trials, metric, itt=True).drop(columns="_analysis"),
         configurations=configuration_table(trials, metric).drop(columns="_analysis"),
         divergence=conclusion.divergence, run_summary=run_summary(trials, epochs),
         data=describe_data(meta), settings=sweep_settings(meta),
         expected_best=expected_best_curve(trials), overfitting=overfitting_by_epoch(trials, epochs),
-        margin_points=margin, unpaired=unpaired_tests(trials, metric))
+        margin_points=margin, unpaired=unpaired_tests(trials, metric),
+        differences=conclusion.differences, look=conclusion.look)
 
 
 def _table(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
@@ -158,7 +170,9 @@ def _tests_table(tests: pd.DataFrame, level: str) -> pd.DataFrame:
                             "equivalent" if r["equivalent"] else
                             "not significant" if np.isfinite(r["p_value"]) else f"not tested: {r['reason']}"))
         if level == ACTIVATION:
-            row["P(a beats b)"] = (f"{r['p_a_better']:.2f} ({r['p_a_better_low']:.2f} to "
+            row.update(family=r["family"] + (", exploratory" if r["exploratory"] else ""),
+                       counting=r["counting"])
+            row["P(a > b in a replicate)"] = (f"{r['p_a_better']:.2f} ({r['p_a_better_low']:.2f} to "
                                    f"{r['p_a_better_high']:.2f})" if np.isfinite(r["p_a_better"]) else "")
         rows.append(row)
     return pd.DataFrame(rows)
@@ -201,30 +215,56 @@ def _overfitting_table(info: pd.DataFrame) -> pd.DataFrame:
     return table.fillna("not trained").reset_index()
 
 
+ANSWER_FIGURE = "replicate_differences"
+
+
+def _answer_figure(report: Report, figures: dict[str, str]) -> list[str]:
+    return ["", *_figure(report, figures, ANSWER_FIGURE)] if ANSWER_FIGURE in figures else []
+
+
+def _detectable(report: Report) -> list[str]:
+    line = next((c for c in report.verdict if c.startswith("Detectable:")), None)
+    return ["", line] if line else []
+
+
+def _how_to_read(report: Report) -> str:
+    rec, margin = report.record, report.margin_points
+    b = rec.get("boundary") or {}
+    plan = rec.get("plan") or {}
+    seq = (f"a sequential plan (looks after every replicate pair from R={plan.get('min')} to "
+           f"R={plan.get('max')}: {b.get('method')}; nominal level "
+           f"{b.get('nominal_alpha', float('nan')):.4f} per look)" if rec.get("looks_planned", 0) > 1 else
+           f"a fixed design (one look at alpha={rec.get('alpha')})")
+    return (f"How to read it. The question, declared before the run (analysis.primary), is the activation "
+            f"effect on {LABELS.get(report.primary_metric, report.primary_metric)}. Its unit is the "
+            f"replicate: one whole tuning of an arm plus its confirmation seeds, paired across arms by "
+            f"replicate (same candidates, trial seeds and data split). Its value is the mean over ALL the "
+            f"replicate's confirmation runs, a diverged run at its recorded accuracy (intention to treat), "
+            f"so it carries the luck of the search as well as seed noise. It is tested alone by a "
+            f"{rec.get('test')} under {seq}; only it can name a winner. Equivalence within ±{margin:g} "
+            f"point{'s' if margin != 1 else ''} (analysis.equivalence_margin) is TOST at the same "
+            f"boundaries. The t-test assumes roughly symmetric replicate differences (see the skew warning "
+            f"when one stands out). Every other test ({rec.get('secondary_tests')} here) is secondary: "
+            f"Holm-adjusted within its own family, each interval at its Holm step's level, and exploratory "
+            f"unless the primary test is rejected. The configuration level compares two tuned "
+            f"configurations over seeds within one replicate: it is about those configurations only. "
+            f"Every interval prints its level. Machine-readable: verdict.json.")
+
+
 def render_markdown(report: Report, results: Results, figures: dict[str, str]) -> str:
     t = results.trials
     counts = t.groupby(["experiment", "stage", "status"]).size().rename("trials").reset_index()
     rec = report.record
-    margin = report.margin_points
     parts = [
         "# SELU vs ReLU: sweep report", "",
         f"Experiments: {', '.join(f'`{n}` ({_esc(p)})' for n, p in results.experiments.items())}.  ",
         _environment(), "",
+        "## Answer", "",
+        rec.get("answer", ""), "",
+        *_answer_figure(report, figures), *_detectable(report), "",
         "## Verdict", "",
         *[f"- {line}" for line in report.verdict], "",
-        f"How to read it. The unit of the activation comparison is the replicate: one whole tuning of "
-        f"an arm (its own search) plus its confirmation seeds, paired across arms by replicate (same "
-        f"sampler seed and data split). Its value is the mean over the replicate's seeds, so it carries "
-        f"the luck of the search as well as seed noise. Arms are compared by a {rec.get('test')} (at "
-        f"least {rec.get('min_replicates')} replicates, and no claim from zero spread); only this level "
-        f"names an activation. The configuration level compares two tuned configurations over seeds "
-        f"within one replicate: it is about those configurations only. The "
-        f"{rec.get('tests_in_family')} test(s) in this report are Holm-adjusted together "
-        f"(alpha={rec.get('alpha')}); each interval is drawn at its Holm step's level, so it excludes 0 "
-        f"exactly when the adjusted p < alpha. A difference whose interval lies within ±{margin:g} "
-        f"point{'s' if margin != 1 else ''} (analysis.equivalence_margin) is reported as equivalent. "
-        f"Diverged runs are counted apart and left out of accuracy means. Primary metric: "
-        f"{LABELS[report.primary_metric]} at each run's final epoch. Machine-readable: verdict.json.", "",
+        _how_to_read(report), "",
         "## What was run", "",
         _table(_data_table(report)), "",
         _table(report.run_summary, ".3f"), "",
@@ -233,7 +273,8 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
         "family, lecun_normal for selu, glorot_uniform otherwise.", "",
         "## Activation level (unit: replicate)", "",
         _table(_tests_table(report.comparisons, ACTIVATION)), "",
-        "Replicate means (each the mean over that replicate's finished seeds):", "",
+        "Replicate means of the primary metric (each the mean over ALL that replicate's confirmation "
+        "runs, a diverged run at its recorded accuracy):", "",
         _table(report.replicates), "",
         *_figure(report, figures, "replicate_means"),
         "## Configuration level (unit: seed, within one replicate)", "",
@@ -365,6 +406,9 @@ def draw_figures(results: Results, report: Report, out: Path) -> dict[str, str]:
     stage = CONFIRM if (t["stage"] == CONFIRM).any() else SEARCH
     colors = plots.arm_colors(t["arm"].dropna().unique()) if len(t) else {}
     figs = {
+        ANSWER_FIGURE: plots.plot_replicate_differences(report.differences, report.look,
+                                                        LABELS.get(report.primary_metric,
+                                                                   report.primary_metric)),
         "learning_curves": plots.plot_learning_curves(results.epochs, stage, colors=colors),
         "lr_sensitivity": plots.plot_lr_sensitivity(t, colors=colors),
         "overfitting": plots.plot_overfitting(t, stage, colors=colors),
@@ -406,7 +450,7 @@ def _replicate_means_by_experiment(results: Results, report: Report) -> pd.DataF
 
 # Figures placed next to their section's table in render_markdown (any other drawn figure goes to
 # "Other figures" at the end).
-PLACED_FIGURES = ("replicate_means", "overfitting_by_epoch", "learning_curves", "overfitting",
+PLACED_FIGURES = (ANSWER_FIGURE, "replicate_means", "overfitting_by_epoch", "learning_curves", "overfitting",
                   "lr_sensitivity", "expected_best", "search_progress", "param_importance")
 
 

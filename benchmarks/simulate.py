@@ -34,7 +34,7 @@ def surface(lr, epochs, peak: float, curvature_lr: float, curvature_epochs: floa
 def simulate(n_experiments: int, replicates: int, seeds: int = 5, trials: int = 12,
              effect_points: float = 0.0, arms: tuple[str, str] = ("relu", "selu"), peak: float = 0.66,
              curvature_lr: float = 0.06, curvature_epochs: float = 0.08, seed_sd: float = 0.006,
-             seed_corr: float = 0.3, split_sd: float = 0.003, p_diverge: float = 0.02,
+             seed_corr: float = 0.3, split_sd: float = 0.003, p_diverge: float = 0.0,
              with_epochs: bool = True, derive_metrics: bool = False, rng: int | np.random.Generator = 0,
              activations: tuple[str, str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, epochs) of ``n_experiments`` simulated sweeps (column ``sim``), each with
@@ -138,3 +138,183 @@ def simulate(n_experiments: int, replicates: int, seeds: int = 5, trials: int = 
         has = fresh["n_epochs"].notna().to_numpy()
         trials_df.loc[has, cols] = fresh[has].to_numpy()
     return trials_df, epochs_df
+
+
+# --------------------------------------------------------------------------- the stratified search design
+#
+# The search of design.md section 1, per simulated experiment, replicate and arm (a "cell"):
+# T trials whose log10(lr) candidates are a scrambled one-dimensional Sobol design over the search
+# range (one point in each of T equal strata: what an Owen-scrambled 1-D Sobol sequence of 2^m
+# points is), shared by both arms of a replicate (common random numbers), as is each trial's seed
+# (a trial-level offset of validation accuracy, correlated across arms). Every trial trains toward
+# ``max_epochs`` under ASHA, its results arriving in trial order (one trial of a cell at a time),
+# judged by asynchronous successive halving exactly as ``ray.tune.schedulers.async_hyperband``'s
+# ``_Bracket.on_result`` does (checked against it in tests/benchmarks/test_bench_calibration.py),
+# on the best validation accuracy so far (``objective: best``). The chosen configuration is the
+# trial with the best validation accuracy, at the epoch of that best; confirmation retrains it over
+# K seeds (seed k shared across arms) and measures test accuracy.
+
+DESIGN = dict(lr_low=-4.0, lr_high=-2.0, max_epochs=30, grace_period=1, reduction_factor=3,
+              peak=0.66, lr_star=1e-3, epochs_star=20.0, curvature_lr=0.30, rise=0.15, decline=0.04,
+              trial_sd=0.016, seed_sd=0.006, epoch_sd=0.004, seed_corr=0.3)
+# Noise parameters, fitted to the real default.yaml runs (benchmarks/README.md): the replicate
+# difference's sd is 1.15 points with candidates and seeds drawn independently per arm (crn=False),
+# 87% of its variance from the search and 13% from the K=3 confirmation seeds (seed sd 0.6 points,
+# correlation 0.3 across arms: 2 * 0.6^2 * 0.7 / 3 = 0.17 points^2 of 1.15^2). The search's share
+# comes from the noise of each trial's validation accuracy (trial_sd 1.6 points: seed, data order
+# and the fixed 5,000-image validation set) on an lr surface that loses 30 points a decade^2 away
+# from its optimum. With common random numbers (crn=True) the same model gives sd 0.9-1.0.
+
+
+def asha_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[int]:
+    """The rungs of Ray's ``_Bracket(min_t=grace_period, max_t, reduction_factor, s=0)``, ascending."""
+    n = int(np.log(max_t / grace_period) / np.log(reduction_factor) + 1)
+    return [int(grace_period * reduction_factor ** k) for k in range(n)]
+
+
+def asha_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
+                     max_t: int) -> np.ndarray:
+    """Epochs each trial trains under asynchronous successive halving, trials of a cell arriving
+    in order: ``best_so_far`` is (cells, T, max_t) (the metric each epoch reports; NaN after a
+    trial ends on its own, e.g. diverged). At each rung a trial is stopped when its value is below
+    ``np.nanpercentile`` (1 - 1/rf) of the values recorded there before it (none recorded: it
+    continues), as Ray's ``_Bracket`` does; a trial that reaches ``max_t`` ends there."""
+    cells, trials, _ = best_so_far.shape
+    ends = np.isnan(best_so_far)  # ended on its own from that epoch on
+    own_end = np.where(ends.any(-1), ends.argmax(-1), max_t)  # epochs actually trained if never stopped
+    stop = own_end.copy()
+    rungs = asha_rungs(max_t, grace_period, reduction_factor)
+    recorded = {m: np.full((cells, trials), np.nan) for m in rungs}
+    q = (1 - 1 / reduction_factor) * 100
+    for i in range(trials):
+        alive = np.ones(cells, dtype=bool)
+        for m in rungs:
+            reach = alive & (own_end[:, i] >= m) & (m < max_t)
+            if not reach.any():
+                break
+            v = best_so_far[:, i, m - 1]
+            prev = recorded[m][:, :i]
+            has = ~np.isnan(prev).all(1) if i else np.zeros(cells, dtype=bool)
+            cut = _nanpercentile_rows(prev, q) if i else np.full(cells, np.nan)
+            stopped = reach & has & (v < cut)
+            recorded[m][reach, i] = v[reach]
+            stop[stopped, i] = m
+            alive &= ~stopped
+    return stop
+
+
+def _nanpercentile_rows(x: np.ndarray, q: float) -> np.ndarray:
+    """``np.nanpercentile(x, q, axis=1)`` (linear interpolation) without its per-row Python loop;
+    NaN for an all-NaN row."""
+    s = np.sort(x, axis=1)  # NaN sorts last
+    n = (~np.isnan(x)).sum(1)
+    pos = (np.maximum(n, 1) - 1) * q / 100
+    lo = np.floor(pos).astype(int)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    rows = np.arange(len(x))
+    v = s[rows, lo] + (pos - lo) * (s[rows, hi] - s[rows, lo])
+    return np.where(n > 0, v, np.nan)
+
+
+def simulate_design(n_experiments: int, replicates: int, *, seeds: int = 3, trials: int = 8,
+                    effect_points: float = 0.0, crn: bool = True, lr_star_b: float | None = None,
+                    epochs_star_b: float | None = None, bad_config: float = 0.0, skew: bool = False,
+                    diverge_b: bool = False, rng: int | np.random.Generator = 0, chunk: int = 250,
+                    **design) -> dict[str, np.ndarray]:
+    """Confirmation test accuracy of ``n_experiments`` simulated two-arm sweeps of the stratified
+    design (see above): returns ``test`` (E, R, 2, K), ``diverged`` (same shape), ``lr`` and
+    ``epochs`` of each cell's chosen configuration (E, R, 2), ``trained`` (epochs trained per
+    search trial, (E, R, 2, T)) and ``true`` (each chosen configuration's true accuracy). Arm 1
+    ("selu") differs from arm 0 by: ``effect_points`` on its peak; its lr optimum ``lr_star_b``
+    and epoch optimum ``epochs_star_b``; ``bad_config`` (chance per replicate that it lands on a
+    configuration 3-6 points worse, for BOTH arms independently: heavy-tailed search luck);
+    ``skew`` (+0.5 points in 10 of 11 replicates, -5 in 1: a zero-mean skewed difference);
+    ``diverge_b`` (trials and runs with lr above 3e-3 diverge with chance 0.5, recording chance
+    accuracy 0.10). ``crn=False`` draws candidates and seeds independently per arm."""
+    p = {**DESIGN, **design}
+    g = np.random.default_rng(rng)
+    out = {k: [] for k in ("test", "diverged", "lr", "epochs", "trained", "true")}
+    for s in range(0, n_experiments, chunk):
+        e = min(chunk, n_experiments - s)
+        part = _simulate_chunk(g, e, replicates, seeds, trials, effect_points, crn, lr_star_b, epochs_star_b,
+                               bad_config, skew, diverge_b, p)
+        for k in out:
+            out[k].append(part[k])
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _curve(log_lr, epoch, peak, lr_star, epochs_star, p):
+    lr_term = p["curvature_lr"] * (log_lr - np.log10(lr_star)) ** 2
+    rise = p["rise"] * np.clip((epochs_star - epoch) / epochs_star, 0, None) ** 2
+    decline = p["decline"] * np.clip((epoch - epochs_star) / p["max_epochs"], 0, None) ** 2
+    return peak - lr_term - rise - decline
+
+
+def _simulate_chunk(g, E, R, K, T, effect, crn, lr_star_b, epochs_star_b, bad_config, skew, diverge_b, p):
+    A, M = 2, p["max_epochs"]
+    shape = (E, R, A, T)
+    cand = (E, R, 1 if crn else A, T)
+    strata = (np.argsort(g.random(cand), axis=-1) + g.random(cand)) / T
+    log_lr = np.broadcast_to(p["lr_low"] + (p["lr_high"] - p["lr_low"]) * strata, shape)
+    rho = p["seed_corr"]
+    shared = g.standard_normal((E, R, 1, T))
+    seed_u = p["trial_sd"] * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * g.standard_normal(shape)) if crn \
+        else p["trial_sd"] * g.standard_normal(shape)
+    peak = np.array([p["peak"], p["peak"] + effect / 100])[None, None, :, None, None]
+    lr_star = np.array([p["lr_star"], lr_star_b or p["lr_star"]])[None, None, :, None, None]
+    ep_star = np.array([p["epochs_star"], epochs_star_b or p["epochs_star"]])[None, None, :, None, None]
+    epoch = np.arange(1, M + 1, dtype=float)
+    true = _curve(log_lr[..., None], epoch, peak, lr_star, ep_star, p)  # (E, R, A, T, M)
+    val = true + seed_u[..., None] + p["epoch_sd"] * g.standard_normal(true.shape)
+    if diverge_b:
+        high = np.zeros(shape, dtype=bool)
+        high[:, :, 1] = (log_lr[:, :, 1] > np.log10(3e-3)) & (g.random((E, R, T)) < 0.5)
+        at = g.integers(1, M + 1, shape)
+        gone = high[..., None] & (epoch >= at[..., None])
+        val = np.where(gone, 0.10, val)
+        after = high[..., None] & (epoch > at[..., None])
+        val = np.where(after, np.nan, val)
+    best = np.fmax.accumulate(val, axis=-1)
+    best = np.where(np.isnan(val), np.nan, best)
+    trained = asha_stop_epochs(best.reshape(E * R * A, T, M), p["grace_period"], p["reduction_factor"], M)
+    trained = trained.reshape(shape)
+    mask = epoch <= trained[..., None]
+    seen = np.where(mask & ~np.isnan(val), val, -np.inf)
+    trial_best = seen.max(-1)
+    best_epoch = seen.argmax(-1) + 1
+    pick = trial_best.argmax(-1)  # (E, R, A)
+    idx = (*np.indices(pick.shape), pick)
+    c_lr, c_ep = log_lr[idx], best_epoch[idx].astype(float)
+    c_true = _curve(c_lr, c_ep, peak[..., 0, 0], lr_star[..., 0, 0], ep_star[..., 0, 0], p)
+    if bad_config:
+        worse = g.uniform(0.03, 0.06, c_true.shape)
+        c_true = c_true - np.where(g.random(c_true.shape) < bad_config, worse, 0)
+    if skew:
+        c_true[:, :, 1] += np.where(g.random((E, R)) < 1 / 11, -0.05, 0.005)
+    sk = g.standard_normal((E, R, 1, K))
+    seed_v = p["seed_sd"] * (np.sqrt(rho) * sk + np.sqrt(1 - rho) * g.standard_normal((E, R, A, K)))
+    test = c_true[..., None] + seed_v
+    div = np.zeros(test.shape, dtype=bool)
+    if diverge_b:
+        div[:, :, 1] = (c_lr[:, :, 1] > np.log10(3e-3))[..., None] & (g.random((E, R, K)) < 0.5)
+        test = np.where(div, 0.10, test)
+    return {"test": test, "diverged": div, "lr": 10 ** c_lr, "epochs": c_ep, "trained": trained,
+            "true": c_true}
+
+
+def replicate_differences_points(sim: dict[str, np.ndarray]) -> np.ndarray:
+    """(E, R) paired differences arm 0 - arm 1 in points, every run counted (the primary question's
+    unit: :func:`analysis.decision.replicate_differences` on the same runs gives the same numbers)."""
+    return 100 * (sim["test"][:, :, 0].mean(-1) - sim["test"][:, :, 1].mean(-1))
+
+
+def confirm_frame(sim: dict[str, np.ndarray], arms: tuple[str, str] = ("relu", "selu")) -> pd.DataFrame:
+    """The confirmation stage of simulated sweeps as a loader-shaped trials table (column ``sim``)."""
+    E, R, A, K = sim["test"].shape
+    e, r, a, k = (x.ravel() for x in np.indices((E, R, A, K)))
+    return pd.DataFrame({
+        "sim": e, "experiment": "sim", "stage": "confirm", "arm": np.asarray(arms, dtype=object)[a],
+        "replicate": r, "seed": k, "trial_id": [f"{i}-{j}-{x}-{y}" for i, j, x, y in zip(e, r, a, k)],
+        "status": np.where(sim["diverged"].ravel(), "diverged", "finished"),
+        "lr": sim["lr"][e, r, a], "epochs": sim["epochs"][e, r, a],
+        "final_test_accuracy": sim["test"].ravel(), "final_val_accuracy": sim["test"].ravel()})

@@ -573,9 +573,16 @@ class ResourcesConfig(_Section):
 @dataclass(frozen=True)
 class AnalysisConfig(_Section):
     KEY: ClassVar[str] = "analysis"
-    equivalence_margin: float = 1.0   # percentage points: a CI inside +-margin reads "no difference larger"
+    # The same defaults as analysis.decision.PRIMARY_METRIC / MARGIN_POINTS / PRIMARY_METRICS (this
+    # module stays free of the analysis package's imports; tests/analysis/test_decision.py checks
+    # that they agree). The margin is what the default sequential plan can show (benchmarks/README.md).
+    primary: str = "final_test_accuracy"  # the confirmatory question, tested alone at alpha
+    equivalence_margin: float = 2.0   # percentage points: TOST within +-margin reads "no difference larger"
+    PRIMARY_METRICS: ClassVar[tuple[str, ...]] = ("final_test_accuracy", "final_val_accuracy",
+                                                  "best_val_accuracy")
 
     def __post_init__(self):
+        _one_of("analysis.primary", self.primary, self.PRIMARY_METRICS)
         if not 0 < self.equivalence_margin < 100:
             raise ConfigError(f"analysis.equivalence_margin: percentage points in (0, 100), "
                               f"got {self.equivalence_margin}")

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from analysis.claims import conclude
 from benchmarks.simulate import simulate
@@ -27,12 +28,17 @@ def test_verdict_json_has_every_field_and_is_valid_json():
     t, e = _sweep(5, 5.0)
     rec = conclude(t, e, CIFAR).record
     for key in ("primary_metric", "winner", "unit", "replicates", "seeds", "difference", "ci", "p_value",
-                "p_a_better", "claims", "data_source", "equivalent"):
+                "p_a_better", "claims", "data_source", "equivalent", "answer", "decision", "mde_points",
+                "looks", "looks_planned", "boundary", "replicates_run", "complete", "ci_level"):
         assert key in rec, key
     assert rec["unit"] == "replicate" and rec["winner"] == "selu" and rec["data_source"] == "cifar10"
+    assert rec["decision"] == "winner" and rec["replicates_run"] == 5 and rec["looks"] == 1
+    assert rec["complete"] is True and rec["mde_points"] > 0 and rec["boundary"]["nominal_alpha"] == 0.05
     assert rec["replicates"] == {"relu": 5, "selu": 5} and all(len(v) == 5 for v in rec["seeds"].values())
     assert rec["ci"][1] < 0 < 1 and 0 <= rec["p_a_better"] <= 1 and rec["equivalent"] is False
-    assert rec["tests_in_family"] == len([c for c in rec["comparisons"] if c["p_value"] is not None])
+    secondary = [c for c in rec["comparisons"] if c["p_value"] is not None and c["family"] == "secondary"]
+    assert rec["secondary_tests"] == len(secondary) > 0
+    assert rec["answer"].startswith("Answer: selu beats relu on test accuracy by ")
     json.loads(json.dumps(rec, allow_nan=False))  # no NaN sneaks into the file
 
 
@@ -40,9 +46,10 @@ def test_winner_sentence_carries_n_interval_and_test():
     t, e = _sweep(5, 5.0)
     claims = conclude(t, e, CIFAR).claims
     line = next(c for c in claims if "beats relu" in c)
-    assert line.startswith("Activation level: selu beats relu on test accuracy by ")
-    assert "paired t-test on replicate means, R=5 replicates" in line and "CI " in line
-    assert "Holm p=" in line and "P(a tuned selu beats a tuned relu)" in line
+    assert line.startswith("Activation level (primary): selu beats relu on test accuracy by ")
+    assert "paired t-test on replicate means, every run counted, R=5 replicates" in line
+    assert "95.0% CI " in line and "the primary test, alone at its level" in line
+    assert "P(a tuned selu beats a tuned relu)" in line
     assert claims[0].startswith("Data: `sim`: the official CIFAR-10 release (45,000 train")
 
 
@@ -51,7 +58,7 @@ def test_one_replicate_names_no_activation_winner_and_says_why():
     c = conclude(t, e, CIFAR)
     assert c.record["winner"] is None and c.record["ci"] is None and c.record["tested"] is False
     assert c.record["reason"] == "R=1 replicate per arm; at least 3 needed"
-    line = next(s for s in c.claims if s.startswith("Activation level: the effect of relu vs selu"))
+    line = next(s for s in c.claims if s.startswith("Activation level (primary): the effect of relu vs selu"))
     assert "not established: R=1 replicate per arm; at least 3 needed" in line
     # the seed-level result may still call one *configuration* better, named by lr/epochs
     for s in c.claims:
@@ -64,7 +71,9 @@ def test_synthetic_data_is_flagged_in_the_verdict_itself():
     c = conclude(t, e, SYNTHETIC)
     assert "SYNTHETIC" in c.claims[0] and "say nothing about SELU or ReLU on CIFAR-10" in c.claims[0]
     winner = next(s for s in c.claims if "beats relu" in s)
-    assert winner.startswith("Activation level (on SYNTHETIC data): selu beats relu")
+    assert winner.startswith("Activation level (primary, on SYNTHETIC data): selu beats relu")
+    assert c.record["answer"].startswith("Answer (on SYNTHETIC data: says nothing about CIFAR-10): "
+                                         "selu beats")
     assert c.record["data_source"] == "synthetic" and c.record["synthetic_data"] is True
 
 
@@ -77,10 +86,11 @@ def test_unknown_data_source_is_said_not_guessed():
 def test_equivalence_is_stated_as_no_difference_larger_than_the_margin():
     t, e = _sweep(5, 0.0, rng=8, curvature_lr=0.0, curvature_epochs=0.0, seed_sd=0.001, split_sd=0.0)
     c = conclude(t, e, CIFAR, margin_points=1.0)
-    line = next(s for s in c.claims if s.startswith("Activation level: no difference"))
-    assert line.startswith("Activation level: no difference larger than 1 point in test accuracy between "
-                           "relu and selu") and "within ±1" in line
+    line = next(s for s in c.claims if s.startswith("Activation level (primary): no difference"))
+    assert line.startswith("Activation level (primary): no difference larger than 1 point in test accuracy "
+                           "between relu and selu") and "within ±1" in line and "TOST" in line
     assert c.record["equivalent"] is True and c.record["winner"] is None
+    assert c.record["decision"] == "equivalent" and "are equivalent on test accuracy" in c.record["answer"]
 
 
 def test_divergence_is_reported_per_arm_with_n_and_left_out():
@@ -88,7 +98,7 @@ def test_divergence_is_reported_per_arm_with_n_and_left_out():
     c = conclude(t, e, CIFAR)
     line = next(s for s in c.claims if s.startswith("Diverged runs"))
     n = int((t[(t["arm"] == "relu") & (t["stage"] == "confirm")]["status"] == "diverged").sum())
-    assert f"relu confirm {n} of 15" in line and "left out of every accuracy mean and test" in line
+    assert f"relu confirm {n} of 15" in line and "counts each diverged confirmation run" in line
     assert c.record["diverged"]["relu/confirm"] == {"runs": 15, "diverged": n}
 
 
@@ -113,3 +123,44 @@ def test_claims_never_name_an_activation_winner_from_seeds_alone():
         for s in conclude(t, e, CIFAR).claims:
             if "beats" in s:
                 assert s.startswith("Configuration level") and np.char.find(s, "configuration ") >= 0
+
+
+def test_a_sequential_plan_sets_the_boundary_and_says_what_more_replicates_would_buy():
+    t, e = _sweep(4, 0.5, rng=5)
+    meta = {"sim": {**CIFAR["sim"], "config": {"search": {"replicates": {"min": 3, "max": 8}},
+                                               "analysis": {"primary": "final_val_accuracy"}}}}
+    c = conclude(t, e, meta)
+    rec = c.record
+    assert rec["primary_metric"] == "final_val_accuracy" and rec["looks"] == 2 and rec["looks_planned"] == 6
+    assert rec["boundary"]["nominal_alpha"] < 0.05 and rec["ci_level"] == pytest.approx(
+        1 - rec["boundary"]["nominal_alpha"])
+    assert rec["decision"] in ("winner", "equivalent", "undecided")
+    if rec["decision"] == "undecided":
+        line = next(s for s in c.claims if s.startswith("Detectable:"))
+        assert "80% power" in line and "would take" in line
+
+
+def test_secondary_claims_say_what_was_tested_and_are_exploratory_without_a_primary_rejection():
+    t, e = _sweep(5, 0.0, rng=6)
+    c = conclude(t, e, CIFAR, margin_points=0.1)
+    assert c.record["winner"] is None
+    gap = [s for s in c.claims if "train-validation accuracy gap" in s]
+    assert gap and all("(secondary, exploratory)" in s for s in gap)
+    assert all("overfits" not in s for s in c.claims)
+    assert any("has the smaller train-validation gap" in s for s in gap)
+
+
+def test_a_lone_outlying_replicate_difference_raises_the_skew_warning():
+    t, e = _sweep(6, 0.0, rng=7, seed_sd=0.001, split_sd=0.0, curvature_lr=0.0, curvature_epochs=0.0)
+    m = (t["stage"] == "confirm") & (t["arm"] == "selu") & (t["replicate"] == 2)
+    t.loc[m, "final_test_accuracy"] -= 0.05
+    assert any(s.startswith("Skew warning: replicate 2's difference") for s in conclude(t, e, CIFAR).claims)
+
+
+def test_a_chosen_lr_at_the_edge_of_the_range_is_warned_about():
+    t, e = _sweep(3, 0.0)
+    t.loc[(t["stage"] == "confirm") & (t["arm"] == "selu"), "lr"] = 1.1e-4
+    meta = {"sim": {**CIFAR["sim"], "config": {"search": {"replicates": 3,
+                                                          "space": {"lr": {"low": 1e-4, "high": 1e-2}}}}}}
+    line = next(s for s in conclude(t, e, meta).claims if s.startswith("Search range warning"))
+    assert "selu (replicate 0: lr 0.00011)" in line and "the range, not the activation, may decide" in line

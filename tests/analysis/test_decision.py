@@ -11,6 +11,9 @@ from scipy import stats
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
+    MARGIN_POINTS,
+    PRIMARY_METRIC,
+    PRIMARY_METRICS,
     SENSITIVITY,
     activation_decision,
     activation_tests,
@@ -18,6 +21,7 @@ from analysis.decision import (
     decision_tests,
     matched_epoch_gap_tests,
     replicate_table,
+    sensitivity_tests,
 )
 from benchmarks.simulate import simulate
 
@@ -142,23 +146,102 @@ def test_configuration_level_names_configurations_and_uses_welch_on_seeds():
     assert row["p_value"] == pytest.approx(ref.pvalue)
 
 
-def test_diverged_runs_stay_out_of_means():
+def test_diverged_runs_stay_out_of_the_finished_runs_means():
     t = _trials({"relu": [[0.7, 0.72, 0.1]]}, status={("relu", 0, 2): "diverged"})
     rep = replicate_table(t, "final_test_accuracy").iloc[0]
     assert rep["mean"] == pytest.approx(0.71) and rep["n"] == 2 and rep["diverged"] == 1 and rep["runs"] == 3
 
 
-def test_every_test_is_holm_adjusted_together_with_consistent_intervals():
+def test_primary_is_tested_alone_and_the_rest_is_one_holm_family_with_consistent_intervals():
     trials, epochs = simulate(1, 5, effect_points=2.0, rng=2, derive_metrics=True)
     tests = decision_tests(trials, epochs)
     tested = tests[tests["p_value"].notna()]
-    assert {ACTIVATION, CONFIGURATION, SENSITIVITY} <= set(tested["level"])
-    assert (tested["family_size"] == len(tested)).all() and (tested["p_holm"] >= tested["p_value"]).all()
+    prim, sec = tested[tested["primary"]], tested[~tested["primary"]]
+    assert len(prim) == 1 and prim["family"].iloc[0] == "primary" and prim["family_size"].iloc[0] == 1
+    assert prim["p_holm"].iloc[0] == prim["p_value"].iloc[0]
+    assert prim["conf_level"].iloc[0] == pytest.approx(0.95)
+    assert {ACTIVATION, CONFIGURATION} <= set(sec["level"]) and (sec["family"] == "secondary").all()
+    assert (sec["family_size"] == len(sec)).all() and (sec["p_holm"] >= sec["p_value"]).all()
     t_rows = tested[tested["level"] != SENSITIVITY]
     excludes = (t_rows["ci_low"] > 0) | (t_rows["ci_high"] < 0)
     assert (excludes == t_rows["significant"]).all()
-    assert (tested["conf_level"] >= 0.95).all()
-    assert (tested["conf_level"] <= 1 - 0.05 / len(tested) + 1e-12).all()
+    assert (sec["conf_level"] >= 0.95).all() and (sec["conf_level"] <= 1 - 0.05 / len(sec) + 1e-12).all()
+
+
+def test_a_sequential_look_level_is_used_for_the_primary_only():
+    trials, epochs = simulate(1, 5, effect_points=2.0, rng=2, derive_metrics=True)
+    tests = decision_tests(trials, epochs, primary_alpha=0.0145, equivalence_alpha=0.0159)
+    prim = tests[tests["primary"]].iloc[0]
+    assert prim["conf_level"] == pytest.approx(1 - 0.0145)
+    assert prim["significant"] == (prim["p_value"] < 0.0145)
+    assert prim["equivalence_level"] == pytest.approx(1 - 2 * 0.0159)
+
+
+def test_secondary_tests_are_exploratory_unless_the_primary_is_rejected():
+    for effect, rejected in ((0.05, True), (0.0, False)):
+        tests = decision_tests(_planted(effect, rng=4))
+        assert bool(tests.loc[tests["primary"], "significant"].iloc[0]) is rejected
+        assert (tests.loc[~tests["primary"], "exploratory"] == (not rejected)).all()
+
+
+def test_diverged_runs_count_in_the_primary_at_their_recorded_accuracy():
+    """Issue 14's reproduction: selu diverging in 1 of 3 seeds of every replicate made selu the
+    winner when diverged runs were dropped. Counted at their recorded accuracy, they cannot."""
+    g = np.random.default_rng(1)
+    values = {"relu": [list(0.55 + g.normal(0, 0.005, 3)) for _ in range(5)],
+              "selu": [[0.10] + list(0.57 + g.normal(0, 0.005, 2)) for _ in range(5)]}
+    status = {("selu", r, 0): "diverged" for r in range(5)}
+    tests = decision_tests(_trials(values, status=status))
+    prim = tests[tests["primary"]].iloc[0]
+    survivors = tests[~tests["primary"] & (tests["level"] == ACTIVATION)
+                      & (tests["metric"] == "final_test_accuracy")].iloc[0]
+    assert prim["counting"].startswith("every run") and prim["estimate"] > 0.1  # relu ahead
+    assert survivors["estimate"] < 0  # the survivors-only view would favour the diverging arm
+    assert activation_decision(tests).iloc[0]["winner"] != "selu"
+
+
+def test_a_replicate_whose_seeds_all_diverged_stays_paired():
+    values = {"relu": [[0.6, 0.61]] * 3, "selu": [[0.62, 0.6], [0.1, 0.1], [0.6, 0.62]]}
+    status = {("selu", 1, 0): "diverged", ("selu", 1, 1): "diverged"}
+    tests = decision_tests(_trials(values, status=status))
+    assert tests[tests["primary"]].iloc[0]["n"] == 3
+    assert replicate_table(_trials(values, status=status), "final_test_accuracy", itt=True)["n"].tolist() == \
+        [2, 2, 2, 2, 2, 2]
+
+
+def _search(n_trials: int = 8) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Search trials whose val accuracy rises with lr at every epoch; ASHA-like: trials stop after 1,
+    3 or 9 epochs, and the survivors (which ran longer) are the low-lr ones."""
+    trials, rows = [], []
+    for arm in ("relu", "selu"):
+        for i in range(n_trials):
+            lr = 10 ** (-4 + 2 * i / (n_trials - 1))
+            last = (1, 3, 9)[i % 3]
+            tid = f"{arm}-{i}"
+            trials.append({"experiment": "e", "stage": "search", "trial_id": tid, "arm": arm, "replicate": 0,
+                           "lr": lr, "status": "stopped_early" if last < 9 else "finished",
+                           "final_val_accuracy": 0.3 + 0.01 * i + 0.01 * last})
+            for e in range(1, last + 1):
+                rows.append({"experiment": "e", "stage": "search", "trial_id": tid, "epoch": e,
+                             "val_accuracy": 0.3 + 0.01 * i + 0.01 * e})
+    return pd.DataFrame(trials), pd.DataFrame(rows)
+
+
+def test_search_sensitivity_uses_every_trial_at_the_epoch_all_reached():
+    trials, epochs = _search()
+    out = sensitivity_tests(trials, epochs)
+    assert len(out) == 2 and (out["n"] == 8).all() and (out["param"] == "lr").all()
+    assert out["estimate"].tolist() == pytest.approx([1.0, 1.0]) and "epoch 1," in out["epochs_note"].iloc[0]
+    untested = sensitivity_tests(trials)
+    assert untested["p_value"].isna().all() and untested["reason"].str.contains("ASHA's selection").all()
+
+
+def test_config_defaults_are_the_analysis_defaults():
+    from sweeps.config import AnalysisConfig
+
+    cfg = AnalysisConfig()
+    assert cfg.equivalence_margin == MARGIN_POINTS and cfg.primary == PRIMARY_METRIC
+    assert AnalysisConfig.PRIMARY_METRICS == PRIMARY_METRICS
 
 
 def test_equivalence_when_the_interval_lies_within_the_margin():
@@ -169,7 +252,8 @@ def test_equivalence_when_the_interval_lies_within_the_margin():
     row = tests[tests["primary"]].iloc[0]
     assert row["equivalent"] and not row["significant"] and -0.01 < row["ci_low"] < row["ci_high"] < 0.01
     assert activation_decision(tests).iloc[0]["equivalent"]
-    assert not decision_tests(_trials(values), margin_points=0.01)["equivalent"].any()
+    narrow = decision_tests(_trials(values), margin_points=0.01)
+    assert not narrow.loc[narrow["primary"], "equivalent"].any()
 
 
 def test_matched_epoch_gap_compares_at_the_last_epoch_both_arms_trained():

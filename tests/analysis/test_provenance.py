@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.decision import MARGIN_POINTS
 from analysis.provenance import data_sentence, describe_data, equivalence_margin, run_summary
 
 
@@ -34,7 +35,7 @@ def test_equivalence_margin_takes_the_strictest_valid_value():
             "c": {"config": {"analysis": {"equivalence_margin": -1}}}}
     margin, notes = equivalence_margin(meta)
     assert margin == 0.5 and len(notes) == 1 and "`c`" in notes[0]
-    assert equivalence_margin({}) == (1.0, [])
+    assert equivalence_margin({}) == (MARGIN_POINTS, [])
 
 
 def test_run_summary_counts_replicates_trials_epochs_and_compute():

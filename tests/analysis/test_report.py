@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis.decision import MARGIN_POINTS
 from analysis.load import Results
 from analysis.report import build_report, save_report, write_report
 from benchmarks.simulate import simulate
@@ -48,6 +49,13 @@ def test_md_html_and_verdict_json_carry_the_same_claims(written):
     for claim in record["claims"]:
         assert claim.replace("`", "") in text
     assert record["winner"] == "selu" and "selu beats relu" in md
+    # the answer first: the same sentence and figure in report.md and report.html, then the MDE
+    answer = md.split("## Answer\n\n", 1)[1].split("\n", 1)[0]
+    assert answer == record["answer"] and answer.replace("`", "") in text
+    assert md.index("## Answer") < md.index("![replicate_differences](figures/replicate_differences.png)") \
+        < md.index("## Verdict")
+    assert "Detectable: with R=5 replicate pairs" in md.split("## Verdict", 1)[0]
+    assert record["decision"] == "winner" and record["replicates_run"] == 5 and record["looks"] == 1
 
 
 def test_report_says_what_was_run(written):
@@ -94,7 +102,7 @@ def test_bad_equivalence_margin_falls_back_with_a_note():
     meta = json.loads(json.dumps(META))
     meta["sim"]["config"]["analysis"]["equivalence_margin"] = "wide"
     rep = build_report(_results(meta=meta))
-    assert rep.margin_points == 1.0 and any("equivalence_margin='wide'" in n for n in rep.notes)
+    assert rep.margin_points == MARGIN_POINTS and any("equivalence_margin='wide'" in n for n in rep.notes)
 
 
 def test_studies_without_a_parameter_importance_are_named_in_a_note():
