@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import sequential
+from analysis.completeness import first_line
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
@@ -462,9 +463,12 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
                       "val accuracy: not measured like val accuracy; read it as indicative only.")
     claims += notes
     complete = stages_complete(trials)
+    incomplete = None
     if complete is False:
-        claims.append("Incomplete: the loader reports a stage that did not finish; this verdict covers the "
-                      "runs that did.")
+        incomplete = first_line({"complete": False, "missing": trials.attrs.get("missing") or []})
+        look = {**look, "decision": "undecided", "winner": None}  # an unfinished stage decides nothing
+        answer = "Answer: undecided: the results are incomplete; finish the sweep with --resume."
+        claims.insert(0, incomplete)
 
     d0 = dec.iloc[0].to_dict() if len(dec) else {}
     tested = bool(d0) and bool(np.isfinite(d0.get("p_value", np.nan)))
@@ -477,6 +481,8 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
         "decision": decision,
         "winner": look["winner"],
         "complete": True if complete is None else complete,
+        "incomplete": incomplete,
+        "missing": (trials.attrs.get("missing") or []) if complete is False else [],
         "complete_signal": "loader" if complete is not None else "none (the loader gives no incomplete-stage "
                                                                   "signal: assumed complete)",
         "primary_metric": metric,

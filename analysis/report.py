@@ -27,6 +27,7 @@ from analysis import html as html_page
 from analysis import plots
 from analysis.claims import conclude
 from analysis.compare import UNPAIRED_TEST, separate_replicates, unpaired_tests
+from analysis.completeness import completeness
 from analysis.contract import CONFIRM, SEARCH
 from analysis.decision import (
     ACTIVATION,
@@ -86,6 +87,8 @@ def build_report(results: Results, studies: dict | None = None) -> Report:
     meta = getattr(results, "meta", None) or {}
     margin, notes = equivalence_margin(meta)
     notes = list(results.notes) + notes
+    state = completeness(results)  # what the saved config planned against what ended
+    trials.attrs["complete"], trials.attrs["missing"] = state["complete"], state["missing"]
     conclusion = conclude(trials, epochs, meta, margin_points=margin)
     metric = conclusion.record["primary_metric"] or primary_metric(trials)
     if not meta:
@@ -256,6 +259,7 @@ def render_markdown(report: Report, results: Results, figures: dict[str, str]) -
     counts = t.groupby(["experiment", "stage", "status"]).size().rename("trials").reset_index()
     rec = report.record
     parts = [
+        *([rec["incomplete"], ""] if rec.get("incomplete") else []),
         "# SELU vs ReLU: sweep report", "",
         f"Experiments: {', '.join(f'`{n}` ({_esc(p)})' for n, p in results.experiments.items())}.  ",
         _environment(), "",

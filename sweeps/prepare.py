@@ -62,12 +62,6 @@ def validate(cfg: SweepConfig, options: RunOptions, exp: Experiment) -> None:
                           "Optuna study (e.g. --optuna-storage postgresql+psycopg://user@host/db)")
     if cfg.search.optuna_storage:
         check_database_url(cfg.search.optuna_storage)
-    if cfg.search.enabled and cfg.search.replicates.sequential:
-        import importlib.util
-
-        if importlib.util.find_spec("analysis.sequential") is None:
-            raise ConfigError("search.replicates: a sequential plan needs analysis/sequential.py, which "
-                              "this checkout lacks; give a fixed number (e.g. --set search.replicates=3)")
     check_address(cfg.address)
     trackers.check(cfg)
     check_directory(cfg, options, exp)

@@ -399,7 +399,8 @@ def look(cfg: SweepConfig, exp: Experiment, final: bool) -> dict:
 
     plan = sequential.plan_from_config(cfg.to_dict())
     trials = load_results([_local_copy(exp)]).trials
-    return sequential.look(trials, plan, margin_points=cfg.analysis.equivalence_margin, final=final)
+    return sequential.look(trials, plan, margin_points=cfg.analysis.equivalence_margin,
+                           metric=cfg.analysis.primary, final=final)
 
 
 def look_line(decision: dict) -> str:
