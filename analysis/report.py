@@ -377,7 +377,7 @@ def _esc(text) -> str:
 def _fence(lines: list[str]) -> str:
     """A code fence longer than any run of backticks in ``lines``: none of them can close it."""
     runs = [len(m) for line in lines for m in re.findall(r"`+", line)]
-    return "`" * max(3, *(r + 1 for r in runs))
+    return "`" * max([3, *(r + 1 for r in runs)])
 
 
 # OWASP's CSV injection rule: a cell beginning with one of these is a formula to a spreadsheet.

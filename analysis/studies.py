@@ -134,7 +134,7 @@ def _database(name: str, path: Path, meta: dict, given: str | None) -> tuple[str
     except Exception:
         return None, f"search.optuna_storage in {name}'s config.yaml is not a database URL"
     if parsed.password == REDACTED:
-        parsed = parsed.set(password=None)
+        parsed = parsed._replace(password=None)
         backend = parsed.get_backend_name()
         var = _PASSWORD_ENV.get(backend)
         if backend == "mysql" and os.environ.get("MYSQL_PWD"):

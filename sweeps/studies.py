@@ -44,7 +44,7 @@ def without_password(url: str) -> str:
     parsed = _url(url)
     if parsed.password is None:
         return url
-    return parsed.set(password=None).render_as_string(hide_password=False)
+    return parsed._replace(password=None).render_as_string(hide_password=False)
 
 
 def has_env_password(url: str) -> bool:

@@ -79,7 +79,7 @@ def signature(name: str, data: bytes, key: bytes | None = None) -> str:
 
 def is_signed_file(name: str) -> bool:
     """The files of a stage that Tune's restore unpickles (or decodes with pickled values)."""
-    return name.endswith(".pkl") or (name.endswith(".json") and "-state" in name)
+    return name.endswith(".pkl") or (name.endswith(".json") and "state" in name)
 
 
 # --------------------------------------------------------------------------------------------
