@@ -223,7 +223,9 @@ class ArmOptunaSearch(OptunaSearch):
         fresh = trial_id not in self._ot_trials
         index = len(self._ot_trials) if fresh else self._index_of.get(trial_id, 0)
         sampler = self._ot_study.sampler
-        if fresh and isinstance(sampler, DesignSampler):
+        # Duck-typed, not isinstance: on --resume this class is the by-value copy from tuner.pkl
+        # while the restored sampler is sweeps.search's own DesignSampler (a different class).
+        if fresh and hasattr(sampler, "next_index"):
             sampler.next_index = index
         params = super().suggest(trial_id)
         if params is None:
