@@ -72,9 +72,10 @@ def describe_data(meta: dict | None) -> dict[str, Any]:
 def data_sentence(info: dict[str, Any]) -> str:
     """The verdict's first sentence: what the data were. Synthetic data are flagged loudly."""
     def sizes(v: dict) -> str:
-        if v["train"] is None:
+        known = {k: v[k] for k in ("train", "val", "test") if isinstance(v.get(k), int)}
+        if not known:
             return "sizes not recorded"
-        return f"{v['train']:,} train / {v['val']:,} val / {v['test']:,} test images"
+        return " / ".join(f"{n:,} {k}" for k, n in known.items()) + " images"
 
     parts = []
     for name, v in info["experiments"].items():

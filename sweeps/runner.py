@@ -272,6 +272,7 @@ def _fit(cfg: SweepConfig, exp: Experiment, batch: Batch, trainable, make_tuner,
                               f"--name") from None
     else:
         tuner = make_tuner()
+        trust.sign_file(f"{path}/tuner.pkl")  # written by the Tuner, straight into the storage path
     STOP.in_fit = True
     try:
         results = tuner.fit()

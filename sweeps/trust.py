@@ -135,10 +135,30 @@ def _write(path: str, data: bytes) -> None:
 # Sign and verify
 
 
-def sign_file(path: str, key: bytes | None = None) -> None:
-    """Write ``<path>.sig`` for the file as it is now."""
+KEEP_SIGNATURES = 3  # a .sig lists the newest versions' signatures, newest first (see sign_file)
+
+
+def _signatures(path: str) -> list[str]:
+    """The signatures listed in ``<path>.sig`` (none if it is missing or unreadable)."""
+    try:
+        text = _read(path + SUFFIX, 200 * KEEP_SIGNATURES).decode(errors="replace")
+    except (ConfigError, OSError):
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def sign_file(path: str, key: bytes | None = None) -> str:
+    """Write ``<path>.sig`` for the file as it is now, keeping the previous versions' signatures
+    after it (``KEEP_SIGNATURES`` in all). Tune uploads a new experiment state and its .sig to
+    remote storage as separate files, in the background: a driver killed between the two leaves
+    a state one version older or newer than the .sig's first line, and the list still holds it.
+    Returns the .sig's text."""
     name = os.path.basename(path)
-    _write(path + SUFFIX, (signature(name, _read(path), key) + "\n").encode())
+    new = signature(name, _read(path), key)
+    kept = [new, *[old for old in _signatures(path) if old != new]][:KEEP_SIGNATURES]
+    text = "\n".join(kept) + "\n"
+    _write(path + SUFFIX, text.encode())
+    return text
 
 
 def sign_dir(directory: str) -> int:
@@ -166,9 +186,28 @@ def verify_dir(directory: str) -> None:
         path = f"{directory.rstrip('/')}/{n}"
         if n + SUFFIX not in names:
             raise ConfigError(f"{shown}/{n}: refused: no signature ({n}{SUFFIX}); {fix}")
-        expected = _read(path + SUFFIX, 200).decode(errors="replace").strip()
-        if not hmac.compare_digest(expected, signature(n, _read(path), key)):
+        actual = signature(n, _read(path), key)
+        if not any(hmac.compare_digest(expected, actual) for expected in _signatures(path)):
             raise ConfigError(f"{shown}/{n}: refused: its signature does not match ({n}{SUFFIX}); {fix}")
+
+
+def _push_signatures(staging: str, storage) -> None:
+    """Write the staging directory's .sig files to remote storage now, before Tune's background
+    upload of the state they sign: with the previous versions listed in each, whichever of a
+    state and its .sig arrives first, the pair in storage verifies. (Local storage needs no
+    push: the staging directory is copied whole, and a cut-short copy is put back from the
+    completion records' snapshot.)"""
+    import pyarrow.fs
+
+    if isinstance(storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
+        return
+    target = storage.experiment_fs_path
+    for n in _list(staging):
+        if n.endswith(SUFFIX) and is_signed_file(n[: -len(SUFFIX)]):
+            with open(os.path.join(staging, n), "rb") as fh:
+                data = fh.read(200 * KEEP_SIGNATURES + 1)
+            with storage.storage_filesystem.open_output_stream(f"{target.rstrip('/')}/{n}") as out:
+                out.write(data)
 
 
 def install() -> None:
@@ -182,7 +221,9 @@ def install() -> None:
 
     def save_to_dir(self, *args, **kwargs):
         result = original(self, *args, **kwargs)
-        sign_dir(self._storage.experiment_driver_staging_path)
+        staging = self._storage.experiment_driver_staging_path
+        sign_dir(staging)
+        _push_signatures(staging, self._storage)
         return result
 
     save_to_dir._selu_signs = True

@@ -172,3 +172,12 @@ def blackhole_address():
     for c in fillers:
         c.close()
     server.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_database_password(monkeypatch):
+    """``sweeps.run.main`` moves a database URL's password into PGPASSWORD / MYSQL_PWD for the
+    driver's clients (once, at the edge): a test that calls it in-process must not hand that
+    password to every later test's subprocesses."""
+    for name in ("PGPASSWORD", "MYSQL_PWD"):
+        monkeypatch.delenv(name, raising=False)

@@ -113,12 +113,13 @@ def test_csv_cells_that_a_spreadsheet_would_run_are_neutralised_and_still_readab
         cells = [v for col in df.columns if df[col].dtype == object for v in df[col].dropna()]
         assert not any(isinstance(v, str) and v[:1] in "=+-@\t\r" for v in cells), csv
     trials = pd.read_csv(exp / "report" / "trials.csv")
-    assert all(str(v).startswith("'") and name.strip() in str(v) for v in trials["normalization"])
+    # Still readable: the text is all there (behind a quote, or with a control character spelled out).
+    assert all(name.strip() in str(v) for v in trials["normalization"])
     assert pd.api.types.is_numeric_dtype(trials["lr"]) and (trials["final_val_accuracy"] > 0).all()
 
 
 def test_a_trial_directory_name_cannot_inject_markdown(exp):
-    evil = exp / "search" / "x ## Verdict (corrected) [click](https://evil.example/x) <b>"
+    evil = exp / "search" / "x ## Verdict (corrected) [click](javascript:alert(1)) <b>"  # no "/" in a name
     evil.mkdir()
     (evil / "params.json").write_text("not json")  # a note names the directory
     ok(cli(exp))

@@ -163,7 +163,8 @@ def test_report_page_loads_cleanly_in_headless_chromium(tmp_path):
 
 # Where each figure belongs: the section (h2) whose table it illustrates.
 FIGURE_SECTIONS = {
-    "replicate_means": "Activation level", "overfitting_by_epoch": "Overfitting",
+    "replicate_differences": "Answer", "replicate_means": "Activation level",
+    "overfitting_by_epoch": "Overfitting",
     "learning_curves": "Overfitting", "overfitting": "Overfitting", "lr_sensitivity": "Search stage",
     "expected_best": "Search stage", "search_progress": "Search stage", "param_importance": "Search stage",
 }

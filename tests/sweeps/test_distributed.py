@@ -203,7 +203,7 @@ def test_postgres_resume_needs_the_url_again_and_the_password_appears_nowhere(re
     assert sweep.refused.returncode == 2
     assert sweep.refused.stderr.strip().splitlines() == [
         "error: search.optuna_storage: the saved config hides the database password; pass "
-        "--optuna-storage URL again"]
+        "--optuna-storage URL again, or set PGPASSWORD (or ~/.pgpass) / MYSQL_PWD"]
     ok(sweep.resumed)
     exp_id = _remote_exp_id(s3_server, sweep)
     mine = _of(_studies(postgres.url()), exp_id)
