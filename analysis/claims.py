@@ -45,6 +45,7 @@ import pandas as pd
 
 from analysis import sequential
 from analysis.completeness import first_line
+from analysis.contract import USABLE, replicate_column
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
@@ -293,8 +294,7 @@ def _seed_counts(trials: pd.DataFrame, stage: str, statuses=("finished",)) -> di
     c = trials[(trials["stage"] == stage) & trials["status"].isin(statuses)]
     if c.empty:
         return {}
-    rep = c["replicate"].fillna(0) if "replicate" in c else 0
-    counts = c.assign(replicate=rep).groupby(["arm", "replicate"]).size()
+    counts = c.assign(replicate=replicate_column(c)).groupby(["arm", "replicate"]).size()
     return {arm: [int(v) for v in s.to_numpy()] for arm, s in counts.groupby(level=0)}
 
 
@@ -472,8 +472,8 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
 
     d0 = dec.iloc[0].to_dict() if len(dec) else {}
     tested = bool(d0) and bool(np.isfinite(d0.get("p_value", np.nan)))
-    usable = trials[(trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])]
-    reps = usable.assign(replicate=usable["replicate"].fillna(0) if "replicate" in usable else 0)
+    usable = trials[(trials["stage"] == stage) & trials["status"].isin(USABLE)]
+    reps = usable.assign(replicate=replicate_column(usable))
     decision = look["decision"] if look["decision"] in ("winner", "equivalent") else "undecided"
     record = {
         "schema_version": SCHEMA_VERSION,

@@ -14,17 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from analysis.contract import CONFIRM, FINISHED
+from analysis.contract import CONFIRM, FINISHED, replicate_column
 from analysis.stats import welch
 
 CONFIDENCE = 0.95
 UNPAIRED_TEST = "Welch t-test on replicate means (unpaired: different experiments)"
-
-
-def _replicates(df: pd.DataFrame) -> pd.Series:
-    if "replicate" not in df:
-        return pd.Series(0, index=df.index, dtype=np.int64)
-    return pd.to_numeric(df["replicate"], errors="coerce").fillna(0).astype(np.int64)
 
 
 def separate_replicates(trials: pd.DataFrame, epochs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -33,7 +27,7 @@ def separate_replicates(trials: pd.DataFrame, epochs: pd.DataFrame) -> tuple[pd.
     keeps the experiment's own number. One experiment: returned unchanged."""
     if trials.empty or trials["experiment"].nunique() < 2:
         return trials, epochs
-    rep = _replicates(trials)
+    rep = replicate_column(trials)
     sizes = rep.groupby(trials["experiment"]).max() + 1
     offsets = sizes.shift(fill_value=0).cumsum()
     new = rep + trials["experiment"].map(offsets).astype(np.int64)
@@ -49,7 +43,7 @@ def replicate_means(trials: pd.DataFrame, metric: str, stage: str = CONFIRM) -> 
     t = trials[(trials["stage"] == stage) & (trials["status"] == FINISHED)]
     if t.empty or metric not in t:
         return pd.DataFrame(columns=["experiment", "arm", "replicate", "mean"])
-    t = t.assign(replicate=_replicates(t), value=pd.to_numeric(t[metric], errors="coerce"))
+    t = t.assign(replicate=replicate_column(t), value=pd.to_numeric(t[metric], errors="coerce"))
     return t.groupby(["experiment", "arm", "replicate"])["value"].mean().rename("mean").reset_index()
 
 

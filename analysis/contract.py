@@ -51,3 +51,24 @@ MAX_NAME = 100
 # --------------------------------------------------------------------------- secrets
 # No file of an experiment holds a password: every URL's ``user:password@`` becomes ``user:***@``.
 REDACTED = "***"
+
+# --------------------------------------------------------------------------- the analysis' defaults
+# (config: analysis.primary, analysis.equivalence_margin; sweeps/config.py and analysis/ import them)
+PRIMARY_METRIC = "final_test_accuracy"  # the confirmatory question, tested alone at alpha
+PRIMARY_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy")  # its allowed values
+# Percentage points: the smallest equivalence margin the default sequential plan (3..8 replicates)
+# shows with >= 90% probability when the arms do not differ, at the spread measured on real runs
+# (benchmarks/README.md, calibration).
+MARGIN_POINTS = 2.0
+
+
+def replicate_column(df):
+    """Each row's replicate as int64: 0 where the column is absent or empty (a sweep without
+    replicates is one replicate). The loader applies it once; analysis functions that also take
+    hand-built frames call it rather than re-defaulting the column themselves."""
+    import numpy as np
+    import pandas as pd
+
+    if "replicate" not in df:
+        return pd.Series(0, index=df.index, dtype=np.int64)
+    return pd.to_numeric(df["replicate"], errors="coerce").fillna(0).astype(np.int64)

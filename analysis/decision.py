@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.contract import MARGIN_POINTS, replicate_column
 from analysis.metrics import epoch_gap
 from analysis.stats import (
     ALPHA,
@@ -47,12 +48,6 @@ from analysis.summaries import primary_metric
 
 MIN_REPLICATES = 3  # paired t on replicate means needs df >= 2 (see benchmarks/README.md)
 MIN_SEEDS = 3       # per configuration, for a seed-level Welch test
-# Default equivalence margin, percentage points (config: analysis.equivalence_margin): the smallest
-# margin the default sequential plan (3..8 replicates) shows with >= 90% probability when the arms
-# do not differ, at the spread measured on real runs (benchmarks/README.md, calibration).
-MARGIN_POINTS = 2.0
-PRIMARY_METRIC = "final_test_accuracy"  # default of analysis.primary
-PRIMARY_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy")  # its allowed values
 KEY = "_analysis"
 ACTIVATION, CONFIGURATION, SENSITIVITY = "activation", "configuration", "sensitivity"
 PRIMARY, SECONDARY = "primary", "secondary"
@@ -69,12 +64,6 @@ TEST_COLUMNS = [KEY, "level", "metric", "counting", "arm_a", "arm_b", "replicate
 
 def _keyed(df: pd.DataFrame, by: str | None) -> pd.DataFrame:
     return df.assign(**{KEY: df[by] if by else 0})
-
-
-def _replicate_col(df: pd.DataFrame) -> pd.Series:
-    if "replicate" not in df:
-        return pd.Series(0, index=df.index, dtype=np.int64)
-    return pd.to_numeric(df["replicate"], errors="coerce").fillna(0).astype(np.int64)
 
 
 def _config_labels(t: pd.DataFrame) -> pd.DataFrame:
@@ -106,7 +95,7 @@ def configuration_table(trials: pd.DataFrame, metric: str, stage: str = "confirm
     diverged), ``diverged``, and the mean/var of ``metric`` over its ``n`` runs: finished runs only,
     or with ``itt`` every run, a diverged one at its recorded value (intention to treat)."""
     t = _keyed(trials[(trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])], by)
-    t = _config_labels(t.assign(replicate=_replicate_col(t)))
+    t = _config_labels(t.assign(replicate=replicate_column(t)))
     v = _itt_values(t, metric) if itt else \
         (pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(np.nan, index=t.index))
     t = t.assign(v=v if itt else v.where(t["status"] == "finished"), is_div=t["status"] == "diverged")
@@ -218,7 +207,7 @@ def matched_epoch_gap_tests(trials: pd.DataFrame, epochs: pd.DataFrame, stage: s
     :func:`activation_tests`. No row when both arms trained equally long in every replicate (then
     it is the final-gap test)."""
     t = _keyed(trials[(trials["stage"] == stage) & (trials["status"] == "finished")], by)
-    t = t.assign(replicate=_replicate_col(t))[[KEY, "experiment", "stage", "trial_id", "arm", "replicate"]]
+    t = t.assign(replicate=replicate_column(t))[[KEY, "experiment", "stage", "trial_id", "arm", "replicate"]]
     e = epochs[epochs["stage"] == stage]
     if t.empty or e.empty:
         return pd.DataFrame(columns=TEST_COLUMNS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis.contract import replicate_column
 from analysis.metrics import GAP_RUNNING, epoch_gap
 from analysis.stats import CONFIDENCE, t_interval
 
@@ -27,8 +28,7 @@ def overfitting_by_epoch(trials: pd.DataFrame, epochs: pd.DataFrame, stage: str 
     e = epochs[epochs["stage"] == stage] if len(epochs) else epochs
     if t.empty or e.empty:
         return pd.DataFrame(columns=cols)
-    t = t.assign(replicate=pd.to_numeric(t["replicate"], errors="coerce").fillna(0).astype(int)
-                 if "replicate" in t else 0)[["experiment", "stage", "trial_id", "arm", "replicate"]]
+    t = t.assign(replicate=replicate_column(t))[["experiment", "stage", "trial_id", "arm", "replicate"]]
     keep = ["experiment", "stage", "trial_id", "epoch"] + [c for c in ("val_loss", "val_accuracy") if c in e]
     e = e[keep].join(epoch_gap(e)).merge(t, on=["experiment", "stage", "trial_id"])
     for c in ("val_loss", "val_accuracy"):

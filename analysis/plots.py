@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from analysis.contract import CONFIRM, DIVERGED, FINISHED, SEARCH, STOPPED_EARLY  # noqa: E402
+from analysis.contract import CONFIRM, DIVERGED, FINISHED, SEARCH, STOPPED_EARLY, replicate_column  # noqa: E402
 
 # Colour-blind-safe (Okabe-Ito) without orange-vs-red look-alikes; the first two arms are blue and
 # vermillion. Matplotlib's default orange is never used for anything but an arm here.
@@ -44,12 +44,6 @@ def _finish(fig, info_caption: str):
 
 def _integer_axis(axis) -> None:
     axis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _replicates(df: pd.DataFrame) -> pd.Series:
-    if "replicate" not in df:
-        return pd.Series(0, index=df.index, dtype=np.int64)
-    return pd.to_numeric(df["replicate"], errors="coerce").fillna(0).astype(np.int64)
 
 
 def _n_text(counts: pd.Series) -> str:
@@ -281,7 +275,7 @@ def _get_search_progress_info(trials: pd.DataFrame, epochs: pd.DataFrame | None 
     t = trials[trials["stage"] == SEARCH].copy() if len(trials) else trials.copy()
     if t.empty:
         return t
-    t["replicate"] = _replicates(t)
+    t["replicate"] = replicate_column(t)
     start, source = _trial_start_times(t, epochs)
     if start is None or start.isna().all():
         t["start"] = np.nan
@@ -355,12 +349,12 @@ def _get_replicate_means_info(replicates: pd.DataFrame, label: str) -> pd.DataFr
     if r.empty:
         return pd.DataFrame()
     r = r.copy()
-    r["replicate"] = _replicates(r)
+    r["replicate"] = replicate_column(r)
     experiments = r["experiment"].astype(str) if "experiment" in r else pd.Series("", index=r.index)
     r["unit"] = experiments + "/r" + r["replicate"].astype(str)
     own = r["replicate"]
     if "source_replicate" in r:  # several experiments: each unit's number in its own experiment
-        own = _replicates(r.assign(replicate=r["source_replicate"]))
+        own = replicate_column(r.assign(replicate=r["source_replicate"]))
     r["unit_label"] = (experiments + " " if "experiment" in r and experiments.nunique() > 1 else "") + \
         "r" + own.astype(str)
     # Arms joined by a line must share the unit; across experiments nothing is paired.

@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis._files import Unreadable, parse_json, read_bytes, redact_text
-from analysis.contract import CONFIG_FILE, MARKER, RUNS_FILE
-from analysis.decision import MARGIN_POINTS
+from analysis.contract import CONFIG_FILE, MARGIN_POINTS, MARKER, RUNS_FILE, replicate_column
 from analysis.html import escape_markdown
 
 _SOURCES = ("cifar10", "synthetic")
@@ -139,8 +138,7 @@ def resolve_initializer(activation: Any, kernel_initializer: Any) -> str:
 def run_summary(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     """Per arm: activation, kernel initializer(s), replicates, search trials (per replicate),
     confirmation seeds per replicate, epochs trained, and compute hours (sum of epoch_seconds)."""
-    t = trials.assign(replicate=pd.to_numeric(trials["replicate"], errors="coerce").fillna(0)
-                      if "replicate" in trials else 0)
+    t = trials.assign(replicate=replicate_column(trials))
     rows = []
     e_arm = epochs.groupby("arm") if len(epochs) else None
     for arm, a in t.groupby("arm", sort=True):

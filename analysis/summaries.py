@@ -12,11 +12,11 @@ import math
 import numpy as np
 import pandas as pd
 
+from analysis.contract import USABLE, replicate_column
 from analysis.stats import BOUNDS, CONFIDENCE, clopper_pearson, expected_max, t_interval
 
 SUMMARY_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy", "final_gap",
                    "val_loss_rise", "best_epoch", "min_val_loss_epoch")
-USABLE = ("finished", "diverged")  # ran to their planned end; diverged ones are outcomes, counted apart
 
 
 
@@ -41,10 +41,6 @@ def expected_best_curve(trials: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- per-arm summaries
 
-def _replicates(t: pd.DataFrame) -> pd.Series:
-    return t["replicate"].fillna(0).astype(int) if "replicate" in t else pd.Series(0, index=t.index)
-
-
 def primary_metric(trials: pd.DataFrame, stage: str = "confirm") -> str:
     """Test accuracy where the stage measured it, else final validation accuracy."""
     t = trials[(trials["stage"] == stage) & trials["status"].isin(USABLE)]
@@ -62,7 +58,7 @@ def arm_summary(trials: pd.DataFrame, stage: str = "confirm", metrics=SUMMARY_ME
     (``level`` = "seeds (1 replicate)"): it then covers seed noise only, for that configuration.
     """
     t = trials[(trials["stage"] == stage) & (trials["status"] == "finished")]
-    t = t.assign(replicate=_replicates(t))
+    t = t.assign(replicate=replicate_column(t))
     rows = []
     for metric in metrics:
         if metric not in t:
@@ -104,7 +100,7 @@ def search_summary(trials: pd.DataFrame, top_k: int = 3) -> pd.DataFrame:
     """Search stage per arm: trial counts by status and replicates, best and top-k final
     val_accuracy (per replicate, averaged over replicates)."""
     t = trials[trials["stage"] == "search"]
-    t = t.assign(replicate=_replicates(t))
+    t = t.assign(replicate=replicate_column(t))
     rows = []
     for arm in sorted(t["arm"].unique()):
         a = t[t["arm"] == arm]

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import yaml
 
 from analysis._files import MAX_YAML_BYTES, Unreadable, load_yaml
-from analysis.contract import MAX_NAME, NAME_PATTERN
+from analysis.contract import MARGIN_POINTS, MAX_NAME, NAME_PATTERN, PRIMARY_METRIC, PRIMARY_METRICS
 from trainable.dataset import NORMALIZATIONS
 from trainable.model import ACTIVATIONS, INITIALIZERS
 from trainable.train import DEFAULTS
@@ -573,13 +573,9 @@ class ResourcesConfig(_Section):
 @dataclass(frozen=True)
 class AnalysisConfig(_Section):
     KEY: ClassVar[str] = "analysis"
-    # The same defaults as analysis.decision.PRIMARY_METRIC / MARGIN_POINTS / PRIMARY_METRICS (this
-    # module stays free of the analysis package's imports; tests/analysis/test_decision.py checks
-    # that they agree). The margin is what the default sequential plan can show (benchmarks/README.md).
-    primary: str = "final_test_accuracy"  # the confirmatory question, tested alone at alpha
-    equivalence_margin: float = 2.0   # percentage points: TOST within +-margin reads "no difference larger"
-    PRIMARY_METRICS: ClassVar[tuple[str, ...]] = ("final_test_accuracy", "final_val_accuracy",
-                                                  "best_val_accuracy")
+    primary: str = PRIMARY_METRIC     # the confirmatory question, tested alone at alpha
+    equivalence_margin: float = MARGIN_POINTS  # points: TOST within +-margin reads "no difference larger"
+    PRIMARY_METRICS: ClassVar[tuple[str, ...]] = PRIMARY_METRICS
 
     def __post_init__(self):
         _one_of("analysis.primary", self.primary, self.PRIMARY_METRICS)

@@ -8,12 +8,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis.contract import MARGIN_POINTS, PRIMARY_METRIC, PRIMARY_METRICS
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
-    MARGIN_POINTS,
-    PRIMARY_METRIC,
-    PRIMARY_METRICS,
     SENSITIVITY,
     activation_decision,
     activation_tests,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.decision import MARGIN_POINTS
+from analysis.contract import MARGIN_POINTS
 from analysis.provenance import data_sentence, describe_data, equivalence_margin, run_summary
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.decision import MARGIN_POINTS
+from analysis.contract import MARGIN_POINTS
 from analysis.load import Results
 from analysis.report import build_report, save_report, write_report
 from benchmarks.simulate import simulate
