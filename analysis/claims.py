@@ -45,7 +45,7 @@ import pandas as pd
 
 from analysis import sequential
 from analysis.completeness import first_line
-from analysis.contract import USABLE, replicate_column
+from analysis.contract import FINISHED, USABLE, replicate_column
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
@@ -289,7 +289,7 @@ def _edge_sentence(trials: pd.DataFrame, meta: dict | None) -> str | None:
             f"edge is found less well than one inside it, so the range, not the activation, may decide.")
 
 
-def _seed_counts(trials: pd.DataFrame, stage: str, statuses=("finished",)) -> dict[str, list[int]]:
+def _seed_counts(trials: pd.DataFrame, stage: str, statuses=(FINISHED,)) -> dict[str, list[int]]:
     """Per arm, runs of ``statuses`` in each replicate (replicate order)."""
     c = trials[(trials["stage"] == stage) & trials["status"].isin(statuses)]
     if c.empty:
@@ -416,7 +416,7 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
                          f"tested as a fixed design, one look at alpha={alpha}.")
     notes += n1
     plan = sequential.Plan(plan.min_replicates, plan.max_replicates, alpha)
-    has_confirm = bool(((trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])).any())
+    has_confirm = bool(((trials["stage"] == stage) & trials["status"].isin(USABLE)).any())
     look = sequential.look(trials, plan, margin_points=margin_points, metric=metric, final=True)
     b = look["boundary"]
     tests = decision_tests(trials, epochs, metric=metric, alpha=alpha, margin_points=margin_points,
@@ -424,7 +424,7 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
                            equivalence_alpha=b["equivalence_alpha"])
     diffs = replicate_differences(trials, metric, stage)
     div = divergence(trials)
-    seed_counts = _seed_counts(trials, stage, ("finished", "diverged"))
+    seed_counts = _seed_counts(trials, stage, USABLE)
     seeds = {a: _range_text(v) for a, v in seed_counts.items()}
     dec = activation_decision(tests) if tests["primary"].any() else pd.DataFrame()
     arms = sorted(trials["arm"].dropna().unique())

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.contract import MARGIN_POINTS, replicate_column
+from analysis.contract import DIVERGED, FINISHED, MARGIN_POINTS, STOPPED_EARLY, USABLE, replicate_column
 from analysis.metrics import epoch_gap
 from analysis.stats import (
     ALPHA,
@@ -85,7 +85,7 @@ def _itt_values(t: pd.DataFrame, metric: str) -> pd.Series:
     v = pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(np.nan, index=t.index)
     if metric != "final_val_accuracy" and "final_val_accuracy" in t and metric.endswith("accuracy"):
         fallback = pd.to_numeric(t["final_val_accuracy"], errors="coerce")
-        v = v.where(v.notna() | (t["status"] != "diverged"), fallback)
+        v = v.where(v.notna() | (t["status"] != DIVERGED), fallback)
     return v
 
 
@@ -94,11 +94,11 @@ def configuration_table(trials: pd.DataFrame, metric: str, stage: str = "confirm
     """One row per tuned configuration (arm, replicate, config) of ``stage``: ``runs`` (finished or
     diverged), ``diverged``, and the mean/var of ``metric`` over its ``n`` runs: finished runs only,
     or with ``itt`` every run, a diverged one at its recorded value (intention to treat)."""
-    t = _keyed(trials[(trials["stage"] == stage) & trials["status"].isin(["finished", "diverged"])], by)
+    t = _keyed(trials[(trials["stage"] == stage) & trials["status"].isin(USABLE)], by)
     t = _config_labels(t.assign(replicate=replicate_column(t)))
     v = _itt_values(t, metric) if itt else \
         (pd.to_numeric(t[metric], errors="coerce") if metric in t else pd.Series(np.nan, index=t.index))
-    t = t.assign(v=v if itt else v.where(t["status"] == "finished"), is_div=t["status"] == "diverged")
+    t = t.assign(v=v if itt else v.where(t["status"] == FINISHED), is_div=t["status"] == DIVERGED)
     g = t.groupby([KEY, "arm", "replicate", "config"], sort=True)
     out = g.agg(config_label=("config_label", "first"), runs=("v", "size"), diverged=("is_div", "sum"),
                 n=("v", "count"), mean=("v", "mean"), var=("v", "var"))
@@ -206,7 +206,7 @@ def matched_epoch_gap_tests(trials: pd.DataFrame, epochs: pd.DataFrame, stage: s
     arms' gap (mean over seeds) at the last epoch both trained, compared as in
     :func:`activation_tests`. No row when both arms trained equally long in every replicate (then
     it is the final-gap test)."""
-    t = _keyed(trials[(trials["stage"] == stage) & (trials["status"] == "finished")], by)
+    t = _keyed(trials[(trials["stage"] == stage) & (trials["status"] == FINISHED)], by)
     t = t.assign(replicate=replicate_column(t))[[KEY, "experiment", "stage", "trial_id", "arm", "replicate"]]
     e = epochs[epochs["stage"] == stage]
     if t.empty or e.empty:
@@ -278,7 +278,7 @@ def sensitivity_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None,
     of accuracy against epochs trained) would test ASHA's selection; this one does not. Without
     per-epoch rows it cannot be made: the row says so. n >= 5 and both sides varying."""
     t = _keyed(trials[(trials["stage"] == "search")
-                      & trials["status"].isin(["finished", "stopped_early", "diverged"])], by)
+                      & trials["status"].isin([FINISHED, STOPPED_EARLY, DIVERGED])], by)
     if t.empty or "lr" not in t:
         return pd.DataFrame(columns=TEST_COLUMNS)
     e = epochs[epochs["stage"] == "search"] if epochs is not None and len(epochs) and "stage" in epochs \

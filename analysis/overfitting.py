@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.contract import replicate_column
+from analysis.contract import FINISHED, replicate_column
 from analysis.metrics import GAP_RUNNING, epoch_gap
 from analysis.stats import CONFIDENCE, t_interval
 
@@ -24,7 +24,7 @@ def overfitting_by_epoch(trials: pd.DataFrame, epochs: pd.DataFrame, stage: str 
     the metric's range). ``gap_source`` is ``train_running`` if any run lacked train-eval metrics."""
     cols = ["arm", "epoch", "unit", "n", "gap_source"] + [f"{m}_{s}" for m in CURVE_METRICS
                                                           for s in ("mean", "ci_low", "ci_high")]
-    t = trials[(trials["stage"] == stage) & (trials["status"] == "finished")]
+    t = trials[(trials["stage"] == stage) & (trials["status"] == FINISHED)]
     e = epochs[epochs["stage"] == stage] if len(epochs) else epochs
     if t.empty or e.empty:
         return pd.DataFrame(columns=cols)

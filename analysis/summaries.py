@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from analysis.contract import USABLE, replicate_column
+from analysis.contract import DIVERGED, FINISHED, STATUSES, USABLE, replicate_column
 from analysis.stats import BOUNDS, CONFIDENCE, clopper_pearson, expected_max, t_interval
 
 SUMMARY_METRICS = ("final_test_accuracy", "final_val_accuracy", "best_val_accuracy", "final_gap",
@@ -57,7 +57,7 @@ def arm_summary(trials: pd.DataFrame, stage: str = "confirm", metrics=SUMMARY_ME
     the luck of each replicate's search. With one replicate it is over seeds and says so
     (``level`` = "seeds (1 replicate)"): it then covers seed noise only, for that configuration.
     """
-    t = trials[(trials["stage"] == stage) & (trials["status"] == "finished")]
+    t = trials[(trials["stage"] == stage) & (trials["status"] == FINISHED)]
     t = t.assign(replicate=replicate_column(t))
     rows = []
     for metric in metrics:
@@ -88,7 +88,7 @@ def divergence(trials: pd.DataFrame, confidence: float = CONFIDENCE) -> pd.DataF
     if t.empty:  # no run has ended yet
         return pd.DataFrame(columns=["arm", "stage", "runs", "diverged", "rate", "ci_low", "ci_high"])
     g = t.groupby(["arm", "stage"])["status"]
-    out = pd.DataFrame({"runs": g.size(), "diverged": g.apply(lambda s: int((s == "diverged").sum()))})
+    out = pd.DataFrame({"runs": g.size(), "diverged": g.apply(lambda s: int((s == DIVERGED).sum()))})
     out = out.reset_index()
     out["rate"] = out["diverged"] / out["runs"]
     lo, hi = clopper_pearson(out["diverged"], out["diverged"], out["runs"], confidence)
@@ -104,11 +104,11 @@ def search_summary(trials: pd.DataFrame, top_k: int = 3) -> pd.DataFrame:
     rows = []
     for arm in sorted(t["arm"].unique()):
         a = t[t["arm"] == arm]
-        done = a[a["status"] == "finished"].assign(v=lambda d: d["final_val_accuracy"].astype(float))
+        done = a[a["status"] == FINISHED].assign(v=lambda d: d["final_val_accuracy"].astype(float))
         per_rep = done.groupby("replicate")["v"]
         row = {"arm": arm, "replicates": a["replicate"].nunique(), "trials": len(a),
                **{s: int((a["status"] == s).sum())
-                  for s in ("finished", "stopped_early", "diverged", "failed", "incomplete")},
+                  for s in STATUSES},
                "best_val_accuracy": per_rep.max().mean() if len(done) else math.nan,
                f"top{top_k}_mean_val_accuracy":
                    per_rep.apply(lambda s: s.nlargest(top_k).mean()).mean() if len(done) else math.nan}

@@ -116,7 +116,7 @@ def test_a_database_password_appears_in_no_output(tmp_path, blackhole_address):
     pytest.importorskip("psycopg", reason="psycopg is in the [cluster] and [dev] extras")
     url = f"postgresql+psycopg://alice:s3cret-pw@{blackhole_address}/optuna"
     proc = run_cli("--config", SMOKE, "--storage-path", tmp_path / "results", "--optuna-storage", url)
-    assert_one_line_error(proc, "cannot connect to postgresql+psycopg://alice:***@")
+    assert_one_line_error(proc, "cannot connect to 'postgresql+psycopg://alice:***@")
     assert "s3cret-pw" not in proc.stdout + proc.stderr
     assert not (tmp_path / "results").exists()
 
