@@ -311,7 +311,8 @@ def asha(args: argparse.Namespace) -> int:
     base = rows[0][2]
     arms = sorted(base["best"])
     s, es = cfg.search, cfg.search.early_stopping
-    print(f"# {dataset.source}: {len(dataset.y_train)} train / {len(dataset.y_val)} val images; "
+    shown = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset  # one per split
+    print(f"# {shown.source}: {len(shown.y_train)} train / {len(shown.y_val)} val images; "
           f"default.yaml search (lr from the shared Sobol design, objective {s.objective}), 1 replicate, "
           f"{s.num_samples} trials per arm toward {s.max_epochs} epochs, search.seed {s.seed}, ASHA grace "
           f"{es.grace_period} reduction {es.reduction_factor}; {args.concurrency} trials at once; "
