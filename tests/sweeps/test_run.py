@@ -208,8 +208,8 @@ def test_python_m_sweeps_is_the_same_cli(tmp_path):
 # Interruptions (issue 16): never reported as done, always resumable to the same result
 
 INTERRUPT_ARGS = ["--config", SMOKE, "--set", "search.replicates=1", "--set", "search.num_samples=1",
-                  "--set", "search.early_stopping.enabled=false", "--set", "search.space.epochs.low=2",
-                  "--set", "search.space.epochs.high=2", "--set", "confirm.seeds=3",
+                  "--set", "search.early_stopping.enabled=false", "--set", "search.max_epochs=2",
+                  "--set", "confirm.seeds=3",
                   "--set", "train.checkpoint_every=1"]
 
 
