@@ -201,6 +201,13 @@ def test_a_corrupt_experiment_state_or_study_database_is_exit_2(tmp_path):
     assert "optuna.db" in lines[0] or "cannot restore" in lines[0]
     (exp / "optuna.db").unlink()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    # Not signed by this user's key: refused before anything in it is read as a pickle.
+    assert proc.returncode == 2 and "refused: no signature" in proc.stderr, proc.stderr[-2000:]
+    # The user vouches for it (python -m sweeps.trust): then the damage itself is the clear error.
+    sign = subprocess.run([sys.executable, "-m", "sweeps.trust", str(exp / "search")], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert sign.returncode == 0, sign.stderr[-2000:]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "cannot restore the search stage" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
 
