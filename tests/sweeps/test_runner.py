@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 
+from analysis.contract import MARGIN_POINTS
 from analysis.load import load_results
 from sweeps import runner, seeds
 from sweeps.config import CONFIG_DIR, load_config
@@ -385,7 +386,7 @@ def test_a_sequential_plan_runs_min_replicates_together_then_one_at_a_time_until
                    ("search", (4,), False, f"{exp}/search/replicate-4"),
                    ("confirm", (4,), False, f"{exp}/confirm/replicate-4")]
     # A look after each confirmed batch from min on, at the analysis margin, the last one not final.
-    assert fake.looks == [(3, False, 1.0), (4, False, 1.0), (5, False, 1.0)]
+    assert fake.looks == [(3, False, MARGIN_POINTS), (4, False, MARGIN_POINTS), (5, False, MARGIN_POINTS)]
     looks = [line for line in capsys.readouterr().out.splitlines() if line.startswith("look ")]
     assert looks[-1] == ("look 3/4 after 5 replicate pair(s): winner (selu); difference (selu - relu) "
                          "+1.50 points, 97.5% CI [+0.50, +2.50]; p 0.01; boundary nominal_alpha 0.025, "
@@ -395,7 +396,7 @@ def test_a_sequential_plan_runs_min_replicates_together_then_one_at_a_time_until
 
 def test_a_sequential_plan_stops_at_max_with_a_final_look_or_on_equivalence(monkeypatch, tmp_path):
     ran, fake = _fake_stages(monkeypatch, tmp_path, decisions={})
-    assert fake.looks[-1] == (6, True, 1.0) and len(fake.looks) == 4
+    assert fake.looks[-1] == (6, True, MARGIN_POINTS) and len(fake.looks) == 4
     assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,), (4,), (5,)]
     ran, fake = _fake_stages(monkeypatch, tmp_path / "eq", decisions={3: "equivalent"})
     assert [b for stage, b, _, _ in ran] == [(0, 1, 2), (0, 1, 2)] and len(fake.looks) == 1
