@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from analysis._files import redact_text, redact_tree
+from analysis._files import redact_tree
 from analysis.contract import CONFIG_FILE, DATA_FILE, MARKER, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
@@ -146,9 +146,5 @@ def open_experiment(cfg: SweepConfig, options: RunOptions, exp: Experiment, data
     exp.append_line(RUNS_FILE, json.dumps({
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(), "pid": os.getpid(),
         "mode": "resume" if options.resume else "confirm-only" if options.confirm_only else "start",
-        "command": redact_command(options.command)}))
+        "command": redact(options.command)}))
     return exp_id
-
-
-def redact_command(command: str) -> str:
-    return redact_text(command) if command else ""
