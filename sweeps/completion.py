@@ -13,11 +13,14 @@ state before the restore. This module is pickled by value into ``tuner.pkl`` (se
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from ray.tune import Callback
 
 from analysis.contract import DONE_FILE, SNAPSHOT_DIR
+
+logger = logging.getLogger(__name__)
 
 
 class CompletionRecords(Callback):
@@ -60,6 +63,13 @@ def _snapshot_files(directory: str) -> list[str]:
                   and not n.startswith(".") and os.path.isfile(os.path.join(directory, n)))
 
 
+def _newest_state(names: list[str]) -> str | None:
+    """The newest ``experiment_state-*.json`` among a snapshot's names (never its ``.json.sig``,
+    which sorts after it and is not JSON), or None."""
+    states = [n for n in names if n.startswith("experiment_state-") and n.endswith(".json")]
+    return max(states) if states else None
+
+
 def copy_snapshot(storage, copied: int | None) -> int | None:
     """Copy the staging directory's snapshot into ``<stage>/.last-snapshot/`` when it changed;
     returns the state file's mtime copied (local storage only; an object store's PUT is whole)."""
@@ -69,26 +79,28 @@ def copy_snapshot(storage, copied: int | None) -> int | None:
         return copied
     staging, target = storage.experiment_driver_staging_path, storage.experiment_fs_path
     names = _snapshot_files(staging)
-    states = [n for n in names if n.startswith("experiment_state-")]
-    if not states or os.path.realpath(staging) == os.path.realpath(target):
+    state = _newest_state(names)
+    if state is None or os.path.realpath(staging) == os.path.realpath(target):
         return copied
     try:
-        mtime = os.stat(os.path.join(staging, max(states))).st_mtime_ns
+        mtime = os.stat(os.path.join(staging, state)).st_mtime_ns
         if mtime == copied:
             return copied
         blobs = {}
         for name in names:
             with open(os.path.join(staging, name), "rb") as f:
                 blobs[name] = f.read()
-        json.loads(blobs[max(states)])  # written by this thread just before: whole, but check
-    except (OSError, ValueError):
+        json.loads(blobs[state])  # written by this thread just before: whole, but check
+    except (OSError, ValueError) as exc:
+        logger.warning("could not keep a copy of the experiment snapshot (%s); the previous "
+                       "copy stays", exc)
         return copied
     snap = os.path.join(target, SNAPSHOT_DIR)
     os.makedirs(snap, exist_ok=True)
     for name, data in blobs.items():  # the state file last: it is what restore_snapshot checks
-        if name != max(states):
+        if name != state:
             _write_local(os.path.join(snap, name), data)
-    _write_local(os.path.join(snap, max(states)), blobs[max(states)])
+    _write_local(os.path.join(snap, state), blobs[state])
     return mtime
 
 
@@ -108,10 +120,9 @@ def restore_snapshot(stage_path: str) -> list[str]:
     Returns the names restored (none when Tune's own state is whole and at least as new)."""
     snap = os.path.join(stage_path, SNAPSHOT_DIR)
     names = _snapshot_files(snap)
-    states = [n for n in names if n.startswith("experiment_state-")]
-    if not states:
+    state = _newest_state(names)
+    if state is None:
         return []
-    state = max(states)
 
     def read(path: str) -> bytes | None:
         try:

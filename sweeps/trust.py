@@ -227,6 +227,7 @@ def install() -> None:
         return result
 
     save_to_dir._selu_signs = True
+    save_to_dir.__wrapped__ = original  # Tune's own, for a test that needs an unsigned stage
     TuneController.save_to_dir = save_to_dir
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from analysis.contract import MARGIN_POINTS
 from analysis.load import load_results
@@ -496,14 +497,25 @@ def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_lo
     assert trust_completion_records(str(stage)) == 0
 
 
-def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray_local, tmp_path):
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray_local, tmp_path, monkeypatch,
+                                                                             signed):
     """Tune copies its snapshot to local storage in place, in the background: a kill during the copy
     leaves an empty experiment_state file (the SIGKILL test hit it). CompletionRecords keeps a whole
-    copy after every snapshot; restore_snapshot puts it back and Tune restores from it."""
+    copy after every snapshot; restore_snapshot puts it back and Tune restores from it. Signed: as a
+    sweep runs it (sweeps.trust signs each snapshot), the copy holds the state and its .sig, and the
+    .sig (which sorts after the state) is never taken for the state."""
     from ray import tune
+    from ray.tune.execution.tune_controller import TuneController
 
+    from sweeps import trust
     from sweeps.completion import CompletionRecords, restore_snapshot
 
+    own = getattr(TuneController.save_to_dir, "__wrapped__", TuneController.save_to_dir)
+    monkeypatch.setattr(TuneController, "save_to_dir", own)  # undone after the test
+    if signed:
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+        trust.install()
     tuner = tune.Tuner(_three_epochs, param_space={"k": tune.grid_search([0, 1])},
                        run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path), verbose=0,
                                                  callbacks=[CompletionRecords()]))
@@ -517,5 +529,9 @@ def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray
     state_file.write_bytes(b"")  # what the kill left
     assert state_file.name in restore_snapshot(str(stage))
     assert state_file.read_bytes() == whole
+    if signed:
+        assert (snap / f"{state_file.name}.sig").is_file()
+        trust.sign_file(str(stage / "tuner.pkl"))  # as the runner does after making the Tuner
+        trust.verify_dir(str(stage))  # the state put back verifies against its signature
     restored = tune.Tuner.restore(str(stage), trainable=_three_epochs).get_results()
     assert sorted(r.metrics["epoch"] for r in restored) == [3.0, 3.0]
