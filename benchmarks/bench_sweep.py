@@ -23,11 +23,17 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
   ``KERAS_BACKEND=jax`` and TensorFlow in turn: aggregate images/s against k = 1 and the GPU's
   utilisation (``nvidia-smi`` sampled every 0.5 s). One prepared script for a GPU machine
   (about 5 minutes on one GPU at the defaults); ``--smoke-test`` runs it tiny on the CPU.
+* ``replicate``: the headline of the replicates-per-hour issue: one replicate of a config
+  (``--set search.replicates=1``; default.yaml) run end to end through ``sweeps/run.py`` (search,
+  confirmation, report) by an older checkout (``--old-tree``: its own code and its own copy of the
+  config) and by this one, in turn, as a user runs it, each in a fresh Ray. Wall time of each and the
+  ratio new/old (target <= 0.55). About 15 minutes on 2 CPUs with the JPEG copy of CIFAR-10.
 
     python benchmarks/bench_sweep.py overhead [--trials 20] [--pairs 2] [--epochs 1] [--images 5000]
     python benchmarks/bench_sweep.py asha [--data-dir DIR] [--num-samples T] [--max-epochs E] [--images 2000]
     python benchmarks/bench_sweep.py gpu-packing [--k 1,2,4,8] [--backends jax,tensorflow] [--images 45000]
-    python benchmarks/bench_sweep.py {overhead,asha,gpu-packing} --smoke-test
+    python benchmarks/bench_sweep.py replicate --old-tree DIR --data-dir DIR [--config NAME] [--pairs 1]
+    python benchmarks/bench_sweep.py {overhead,asha,gpu-packing,replicate} --smoke-test
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,9 +61,11 @@ SMOKE: dict[str, dict[str, Any]] = {
     "overhead": {"trials": 4, "pairs": 1, "epochs": 1, "images": 200, "val": 100},
     "asha": {"num_samples": 3, "images": 300, "val": 100, "max_epochs": 4, "grace": 1},
     "gpu-packing": {"k": "1,2", "images": 200, "val": 100, "epochs": 1, "repeats": 1},
+    "replicate": {"config": "smoke.yaml", "pairs": 1},
 }
 DUTY_TARGET_TRIAL_S = 15.0
 DUTY_TARGET = 0.9  # the sweep's duty cycle for trials of DUTY_TARGET_TRIAL_S (issue 15)
+REPLICATE_TARGET = 0.55  # one replicate's wall time, new / old (issue 15)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -96,13 +105,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="trial config override, e.g. --set steps_per_execution=8")
 
+    r = sub.add_parser("replicate", parents=[common],
+                       help="one replicate end to end: an old checkout vs this one")
+    r.add_argument("--old-tree", required=True,
+                   help="a checkout of the older commit (git worktree add DIR COMMIT)")
+    r.add_argument("--config", default="default.yaml",
+                   help="config name or file as sweeps/run.py --config takes it, in each tree "
+                        "(default default.yaml)")
+    r.add_argument("--pairs", type=int, default=1, help="old/new pairs, run old new old new (default 1)")
+
     args = p.parse_args(argv)
     if args.smoke_test:
         for key, value in SMOKE[args.bench].items():
             setattr(args, key, value)
     positive = {"overhead": ("trials", "pairs", "epochs", "images", "val", "concurrency"),
                 "asha": ("num_samples", "images", "val", "max_epochs", "grace", "concurrency"),
-                "gpu-packing": ("images", "val", "epochs", "repeats", "threads")}[args.bench]
+                "gpu-packing": ("images", "val", "epochs", "repeats", "threads"),
+                "replicate": ("pairs",)}[args.bench]
     for key in positive:
         if getattr(args, key) is not None and getattr(args, key) < 1:
             raise UsageError(f"--{key.replace('_', '-')} must be >= 1, got {getattr(args, key)}")
@@ -117,6 +136,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         unknown = [b for b in args.backends if b not in ("jax", "tensorflow", "torch")]
         if unknown or not args.backends:
             raise UsageError(f"--backends {unknown or args.backends}: use jax, tensorflow and/or torch")
+    if args.bench == "replicate" and not (Path(args.old_tree) / "sweeps" / "run.py").is_file():
+        raise UsageError(f"--old-tree {args.old_tree}: no sweeps/run.py there; make one with "
+                         "`git worktree add DIR COMMIT`")
     if args.data_dir and not os.path.exists(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such file or directory; "
                          "make one with ../shared/tools/cifar10_to_batches.py or drop the flag")
@@ -515,14 +537,71 @@ def gpu_packing(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+# --------------------------------------------------------------------------------------------
+# 4. One replicate end to end, an old checkout against this one
+
+
+def _tree_commit(tree: Path) -> str:
+    """The tree's commit (short), with "+changes" when its tracked files differ from it."""
+    def git(*a: str) -> str:
+        proc = subprocess.run(["git", "-C", str(tree), *a], capture_output=True, text=True, timeout=60)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def run_replicate(tree: Path, args: argparse.Namespace, storage: str, name: str) -> dict[str, Any]:
+    """``sweeps/run.py`` of ``tree`` (its code: PYTHONPATH, and its config) for one replicate."""
+    cmd = [sys.executable, str(tree / "sweeps" / "run.py"), "--config", args.config, "--name", name,
+           "--storage-path", storage, "--set", "search.replicates=1"]
+    if args.data_dir:
+        cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    env.pop("RAY_ADDRESS", None)  # a private local Ray, as a user's first run
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
+        raise RuntimeError(f"{name}: sweeps/run.py exited {proc.returncode}:\n{tail}")
+    return {"wall": wall}
+
+
+def replicate(args: argparse.Namespace) -> int:
+    trees = (("old", Path(args.old_tree).resolve()), ("new", ROOT))
+    commits = {tag: _tree_commit(tree) for tag, tree in trees}
+    runs: list[tuple[str, int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for pair in range(1, args.pairs + 1):
+            for tag, tree in trees:
+                run = run_replicate(tree, args, tmp, f"{tag}{pair}")
+                runs.append((tag, pair, run["wall"]))
+                print(f"pair {pair}/{args.pairs} {tag} ({commits[tag]}): {run['wall']:.1f} s",
+                      file=sys.stderr)
+    data = f"cifar10:{args.data_dir}" if args.data_dir else "the config's data"
+    print(f"# one replicate of {args.config} (--set search.replicates=1; each tree's own config and code), "
+          f"{data}; old {commits['old']}, new {commits['new']}; runs interleaved old new; {machine_line()}")
+    print("| run | pair | commit | wall s | wall min |")
+    print("|-----|------|--------|--------|----------|")
+    for tag, pair, wall in runs:
+        print(f"| {tag:<3} | {pair:4d} | {commits[tag]} | {wall:6.1f} | {wall / 60:8.2f} |")
+    old = statistics.median(w for t, _, w in runs if t == "old")
+    new = statistics.median(w for t, _, w in runs if t == "new")
+    print(f"median wall: old {old / 60:.2f} min, new {new / 60:.2f} min; ratio new/old {new / old:.3f} "
+          f"(target <= {REPLICATE_TARGET})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(argv)
-        if args.bench != "gpu-packing":
+        if args.bench not in ("gpu-packing", "replicate"):
             from trainable._backend import configure_process
 
             configure_process(1)  # the driver trains nothing; keep its threads off the trials' cores
-        return {"overhead": overhead, "asha": asha, "gpu-packing": gpu_packing}[args.bench](args)
+        return {"overhead": overhead, "asha": asha, "gpu-packing": gpu_packing,
+                "replicate": replicate}[args.bench](args)
     except UsageError as exc:
         print(f"bench_sweep: error: {exc}", file=sys.stderr)
         return 2

@@ -77,6 +77,19 @@ def test_gpu_packing_smoke_runs_on_cpu_with_one_and_two_loops_per_backend():
         assert f"# {backend}: not installed, not measured" in out.stdout
 
 
+def test_replicate_smoke_runs_one_replicate_in_each_tree_and_prints_the_ratio():
+    """Both "trees" are this checkout here: the table has one old and one new row with positive wall
+    times, and the ratio line is their quotient."""
+    out = _run("replicate", "--smoke-test", "--old-tree", str(ROOT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    walls = {}
+    for tag in ("old", "new"):
+        (row,) = _cells(out.stdout, tag)
+        walls[tag] = _positive(row[3])
+    ratio = float(re.search(r"ratio new/old ([0-9.]+)", out.stdout).group(1))
+    assert abs(ratio - walls["new"] / walls["old"]) < 0.01, out.stdout
+
+
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
     sys.path.insert(0, str(BENCH.parent))
     try:
@@ -89,7 +102,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
                           (["gpu-packing", "--k", "0"], "every count must be >= 1"),
                           (["gpu-packing", "--set", "nope=1"], "--set 'nope=1'"),
                           (["gpu-packing", "--backends", "mxnet"], "--backends ['mxnet']"),
-                          (["overhead", "--data-dir", str(tmp_path / "missing")], "no such file")]:
+                          (["overhead", "--data-dir", str(tmp_path / "missing")], "no such file"),
+                          (["replicate", "--old-tree", str(tmp_path)], "no sweeps/run.py there"),
+                          (["replicate", "--old-tree", str(ROOT), "--pairs", "0"], "--pairs must be >= 1")]:
         assert bench_sweep.main(args) == 2, args
         out = capsys.readouterr()
         assert out.err.startswith("bench_sweep: error: ") and message in out.err, out.err
