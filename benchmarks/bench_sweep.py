@@ -158,10 +158,11 @@ def start_local_ray(num_cpus: int):
     """A private local Ray with ``num_cpus`` CPUs, quiet like the sweep's (``sweeps.ray_session``)."""
     import ray
 
-    from sweeps.ray_session import quiet_logs
+    from sweeps.ray_session import configure_trial_env, quiet_logs
     from sweeps.runner import EXPERIMENT_CHECKPOINT_S
 
     quiet_logs()
+    configure_trial_env()  # as start_ray: a reused actor waits for the previous trial's thread
     os.environ["TUNE_GLOBAL_CHECKPOINT_S"] = EXPERIMENT_CHECKPOINT_S  # as run_sweep sets it
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,

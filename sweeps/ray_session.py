@@ -89,21 +89,34 @@ def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> No
 # driver's environment anyway, and a cluster's nodes use their own credentials (instance roles).
 CREDENTIAL_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "GCLOUD_", "AZURE_", "ABFS_")
 
+# A reused actor (sweeps.runner.REUSE_ACTORS) starts its next trial only after the previous trial's
+# thread has ended: Ray Tune's FunctionTrainable.reset_config waits TUNE_FUNCTION_THREAD_TIMEOUT_S
+# for it (default 2 s) and, past that, fails the reset, which marks the *new* trial ERROR with no
+# retry. A stopped TensorFlow trial's thread took 4.2 s to end on 2 busy CPUs (its teardown runs
+# after the training function has returned; measured with default.yaml's data), and 4 of the first
+# 11 search trials of a real default.yaml run were lost that way. Set in the driver (a local Ray's
+# workers inherit it) and forwarded in the trial actors' runtime_env (a cluster's do not).
+THREAD_END_ENV = "TUNE_FUNCTION_THREAD_TIMEOUT_S"
+THREAD_END_S = 60  # seconds a reused actor waits for the previous trial's thread to end
 
-def keep_credentials_out_of_runtime_env() -> None:
-    """Drop cloud credentials from the variables Ray Tune forwards in ``runtime_env``."""
+
+def configure_trial_env() -> None:
+    """What Ray Tune forwards to every trial actor in ``runtime_env``: never cloud credentials;
+    always the reused actor's thread timeout (``THREAD_END_S``, unless the user set one)."""
     from ray.tune.execution import class_cache
 
+    os.environ.setdefault(THREAD_END_ENV, str(THREAD_END_S))
     class_cache.ENV_VARS_TO_PROPAGATE = frozenset(
-        v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith(CREDENTIAL_PREFIXES))
+        v for v in class_cache.ENV_VARS_TO_PROPAGATE if not v.startswith(CREDENTIAL_PREFIXES)
+    ) | {THREAD_END_ENV}
 
 
 def start_ray(cfg: SweepConfig):
     """Join the cluster the user named (``address`` or RAY_ADDRESS), else start a private one.
-    Cloud credentials are never put into a ``runtime_env``."""
+    Cloud credentials are never put into a ``runtime_env`` (``configure_trial_env``)."""
     import ray
 
-    keep_credentials_out_of_runtime_env()
+    configure_trial_env()
 
     if ray.is_initialized():  # e.g. a test or notebook that started Ray itself
         return ray

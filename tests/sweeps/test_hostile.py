@@ -461,11 +461,11 @@ def test_cloud_credentials_never_enter_a_trials_runtime_env(monkeypatch):
     pytest.importorskip("ray")
     from ray.tune.execution.class_cache import _ActorClassCache
 
-    from sweeps.ray_session import keep_credentials_out_of_runtime_env
+    from sweeps.ray_session import configure_trial_env
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws-secret-9d2")
     monkeypatch.setenv("AWS_SESSION_TOKEN", "aws-token-9d2")
-    keep_credentials_out_of_runtime_env()
+    configure_trial_env()
 
     class T:
         pass

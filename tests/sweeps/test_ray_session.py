@@ -113,3 +113,54 @@ def test_quiet_logs_sets_only_logging_switches_never_tensorflows_performance_one
     changed = {k for k in os.environ if os.environ[k] != before.get(k)}
     assert changed <= {"TF_CPP_MIN_LOG_LEVEL", "RAY_AIR_NEW_OUTPUT"}, changed
     assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+
+
+def _slow_to_end(config):
+    """Reports 3 epochs; once Tune stops it (SystemExit in tune.report), its thread takes 3 s to end,
+    longer than Tune's own 2 s wait (as a stopped TensorFlow trial's teardown did, 4.2 s)."""
+    import os
+
+    from ray import tune
+
+    try:
+        for epoch in range(1, 4):
+            tune.report({"epoch": float(epoch), "pid": float(os.getpid())})
+    except SystemExit:
+        time.sleep(3)
+        raise
+
+
+def test_a_reused_actor_waits_for_a_stopped_trials_thread_instead_of_failing_the_next_trial(
+        ray_local, tmp_path, monkeypatch):
+    """reuse_actors: every trial but the first reuses an actor whose stopped trial needs 3 s to end.
+    With Tune's own wait (2 s) the reset fails, the next trial is marked ERROR without running (4 of
+    11 trials of a real default.yaml run) and Tune then waits on the failed actor (this test, with
+    TUNE_FUNCTION_THREAD_TIMEOUT_S=2, hung until the time budget). With configure_trial_env, as
+    start_ray calls it, the timeout reaches the trial actors' runtime_env and none fails."""
+    import os
+
+    from ray import tune
+    from ray.tune.execution import class_cache
+
+    from sweeps.ray_session import THREAD_END_ENV, THREAD_END_S, configure_trial_env
+
+    monkeypatch.delenv(THREAD_END_ENV, raising=False)
+    monkeypatch.setattr(class_cache, "ENV_VARS_TO_PROPAGATE", class_cache.ENV_VARS_TO_PROPAGATE)
+    configure_trial_env()
+    assert os.environ[THREAD_END_ENV] == str(THREAD_END_S)
+
+    class Probe:
+        pass
+
+    forwarded = class_cache._ActorClassCache().get(Probe)._default_options["runtime_env"]["env_vars"]
+    assert forwarded[THREAD_END_ENV] == str(THREAD_END_S)  # a cluster's workers get it too
+    tuner = tune.Tuner(
+        tune.with_resources(_slow_to_end, {"cpu": 1}),
+        param_space={"k": tune.grid_search([0, 1, 2])},
+        tune_config=tune.TuneConfig(reuse_actors=True, max_concurrent_trials=1, time_budget_s=90),
+        run_config=tune.RunConfig(name="reuse", storage_path=str(tmp_path), verbose=0,
+                                  stop={"epoch": 1}))  # Tune stops each trial after its first report
+    results = tuner.fit()
+    errors = [str(r.error)[:200] for r in results if r.error is not None]
+    assert errors == [] and len(results) == 3, errors
+    assert len({r.metrics["pid"] for r in results}) == 1  # one actor ran all three: reused
