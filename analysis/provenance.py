@@ -169,11 +169,22 @@ def _per(counts: pd.Series) -> str:
     return str(lo) if lo == hi else f"{lo}-{hi}"
 
 
+def _replicates_text(value: Any) -> Any:
+    """``search.replicates`` as the report shows it: a fixed R as is; a sequential plan as
+    "3..8 sequential, budget 55 min" (not the mapping it is saved as)."""
+    if not isinstance(value, dict):
+        return value
+    lo, hi, budget = value.get("min"), value.get("max", value.get("min")), value.get("budget_minutes")
+    text = f"{lo}..{hi} sequential" if hi != lo else f"{lo}"
+    timed = isinstance(budget, (int, float)) and not isinstance(budget, bool)
+    return text + (f", budget {budget:g} min" if timed else "")
+
+
 def sweep_settings(meta: dict | None) -> dict[str, dict[str, Any]]:
     """Per experiment, the config values that define the comparison (None where not recorded)."""
     out = {}
     for name, m in (meta or {}).items():
-        out[name] = {"replicates": _get(m, "config", "search", "replicates"),
+        out[name] = {"replicates": _replicates_text(_get(m, "config", "search", "replicates")),
                      "trials_per_cell": _get(m, "config", "search", "num_samples"),
                      "search_mode": _get(m, "config", "search", "mode"),
                      "confirm_seeds": _get(m, "config", "confirm", "seeds"),

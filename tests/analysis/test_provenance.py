@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.contract import MARGIN_POINTS
-from analysis.provenance import data_sentence, describe_data, equivalence_margin, run_summary
+from analysis.provenance import data_sentence, describe_data, equivalence_margin, run_summary, sweep_settings
 
 
 def test_synthetic_and_unofficial_data_are_named_as_such():
@@ -36,6 +36,15 @@ def test_equivalence_margin_takes_the_strictest_valid_value():
     margin, notes = equivalence_margin(meta)
     assert margin == 0.5 and len(notes) == 1 and "`c`" in notes[0]
     assert equivalence_margin({}) == (MARGIN_POINTS, [])
+
+
+def test_the_planned_replicates_read_as_a_plan_not_as_the_saved_mapping():
+    meta = {"seq": {"config": {"search": {"replicates": {"min": 3, "max": 8, "budget_minutes": 55}}}},
+            "fixed": {"config": {"search": {"replicates": 5}}},
+            "one": {"config": {"search": {"replicates": {"min": 4}}}}}
+    settings = sweep_settings(meta)
+    assert settings["seq"]["replicates"] == "3..8 sequential, budget 55 min"
+    assert settings["fixed"]["replicates"] == 5 and settings["one"]["replicates"] == "4"
 
 
 def test_run_summary_counts_replicates_trials_epochs_and_compute():
