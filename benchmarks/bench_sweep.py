@@ -27,7 +27,7 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
   (``--set search.replicates=1``; default.yaml) run end to end through ``sweeps/run.py`` (search,
   confirmation, report) by an older checkout (``--old-tree``: its own code and its own copy of the
   config) and by this one, in turn, as a user runs it, each in a fresh Ray. Wall time of each and the
-  ratio new/old (target <= 0.55). About 15 minutes on 2 CPUs with the JPEG copy of CIFAR-10.
+  ratio new/old (target <= 0.55). Expect 30-40 minutes on 2 CPUs with the JPEG copy of CIFAR-10.
 
     python benchmarks/bench_sweep.py overhead [--trials 20] [--pairs 2] [--epochs 1] [--images 5000]
     python benchmarks/bench_sweep.py asha [--data-dir DIR] [--num-samples T] [--max-epochs E] [--images 2000]
