@@ -64,9 +64,14 @@ def _snapshot_files(directory: str) -> list[str]:
 
 
 def _newest_state(names: list[str]) -> str | None:
-    """The newest ``experiment_state-*.json`` among a snapshot's names (never its ``.json.sig``,
-    which sorts after it and is not JSON), or None."""
-    states = [n for n in names if n.startswith("experiment_state-") and n.endswith(".json")]
+    """The newest experiment state among a snapshot's names, matched as Tune's own restore matches
+    it (``_find_newest_experiment_checkpoint``: ``fnmatch`` on ``CKPT_FILE_TMPL``), so never its
+    ``.json.sig``, which sorts after it and is not JSON; None if there is none."""
+    import fnmatch
+
+    from ray.tune.execution.tune_controller import TuneController
+
+    states = fnmatch.filter(names, TuneController.CKPT_FILE_TMPL.format("*"))
     return max(states) if states else None
 
 
