@@ -136,12 +136,13 @@ def _write(path: str, data: bytes) -> None:
 
 
 KEEP_SIGNATURES = 3  # a .sig lists the newest versions' signatures, newest first (see sign_file)
+MAX_SIG_BYTES = 200 * KEEP_SIGNATURES  # what is read of a .sig: its signatures, with room to spare
 
 
 def _signatures(path: str) -> list[str]:
     """The signatures listed in ``<path>.sig`` (none if it is missing or unreadable)."""
     try:
-        text = _read(path + SUFFIX, 200 * KEEP_SIGNATURES).decode(errors="replace")
+        text = _read(path + SUFFIX, MAX_SIG_BYTES).decode(errors="replace")
     except (ConfigError, OSError):
         return []
     return [line.strip() for line in text.splitlines() if line.strip()]
@@ -205,7 +206,7 @@ def _push_signatures(staging: str, storage) -> None:
     for n in _list(staging):
         if n.endswith(SUFFIX) and is_signed_file(n[: -len(SUFFIX)]):
             with open(os.path.join(staging, n), "rb") as fh:
-                data = fh.read(200 * KEEP_SIGNATURES + 1)
+                data = fh.read(MAX_SIG_BYTES + 1)
             with storage.storage_filesystem.open_output_stream(f"{target.rstrip('/')}/{n}") as out:
                 out.write(data)
 
