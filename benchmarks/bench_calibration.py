@@ -41,6 +41,7 @@ from analysis.decision import MARGIN_POINTS, replicate_differences  # noqa: E402
 from analysis.sequential import Plan, boundary, decide, look, run_sequential  # noqa: E402
 from benchmarks.simulate import (  # noqa: E402
     DESIGN,
+    REAL_RUN_NOISE_SCALE,
     asha_rungs,
     asha_stop_epochs,
     confirm_frame,
@@ -66,10 +67,33 @@ SCENARIOS = {
     "effect 2": ({}, 2.0, False),
     "effect 5": ({}, 5.0, False),
     "effect 2, no CRN (measured spread)": ({"crn": False}, 2.0, False),
+    # The noise of the 2026-12-06 real run (sd 1.49 points at T=8, K=3, 30 epochs), at the shipped design.
+    "null, real-run spread": ({"noise_scale": REAL_RUN_NOISE_SCALE}, 0.0, True),
+    "effect 2, real-run spread": ({"noise_scale": REAL_RUN_NOISE_SCALE}, 2.0, False),
+    "effect 3, real-run spread": ({"noise_scale": REAL_RUN_NOISE_SCALE}, 3.0, False),
 }
+# Nulls the check reports but does not fail on, and why: no test at a fixed R can see a skew that has
+# not happened yet (the report warns of skew it sees), and at the range's edge the tuned arms truly
+# differ (+0.17 points: the range decides, not the activation; the report warns of a chosen lr at an edge).
+NOT_CHECKED = {"skewed null": "skew not yet seen",
+               "bias: selu optimum lr 1e-4 (range edge)": "the range decides"}
 
 
-def check_asha_against_ray(cells: int = 60, trials: int = 8, seed: int = 0) -> int:
+def shipped_design() -> tuple[int, int, dict]:
+    """(T, K, simulate_design keywords) of the shipped ``default.yaml``: trials per cell, seeds per
+    arm and replicate, and its search's lr range and ASHA settings, read from the config itself."""
+    from sweeps.config import load_config
+
+    cfg = load_config()
+    lr = {p.name: p for p in cfg.search.space}["lr"]
+    es = cfg.search.early_stopping
+    design = dict(lr_low=float(np.log10(lr.low)), lr_high=float(np.log10(lr.high)),
+                  max_epochs=cfg.search.max_epochs, grace_period=es.grace_period,
+                  reduction_factor=es.reduction_factor)
+    return cfg.search.num_samples, cfg.confirm.seeds, design
+
+
+def check_asha_against_ray(design: dict, cells: int = 60, trials: int = 8, seed: int = 0) -> int:
     """Compare :func:`asha_stop_epochs` with Ray's own ``_Bracket.on_result`` on random curves,
     trials of a cell arriving in order; returns the number of cells checked. Raises on a mismatch."""
     from ray.tune.schedulers.async_hyperband import _Bracket
@@ -79,7 +103,7 @@ def check_asha_against_ray(cells: int = 60, trials: int = 8, seed: int = 0) -> i
             self.trial_id = str(i)
 
     g = np.random.default_rng(seed)
-    m, grace, rf = DESIGN["max_epochs"], DESIGN["grace_period"], DESIGN["reduction_factor"]
+    m, grace, rf = design["max_epochs"], design["grace_period"], design["reduction_factor"]
     best = np.fmax.accumulate(g.random((cells, trials, m)), axis=-1)
     best[: cells // 4, 1, 5:] = np.nan  # some trials end on their own (diverged) at epoch 5
     ours = asha_stop_epochs(best, grace, rf, m)
@@ -137,10 +161,13 @@ def _rate(x: np.ndarray) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    trials, seeds, shipped = shipped_design()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--experiments", type=int, default=10000, help="simulated experiments per scenario")
-    ap.add_argument("--seeds", type=int, default=3, help="confirmation seeds per arm and replicate (K)")
-    ap.add_argument("--trials", type=int, default=8, help="search trials per arm and replicate (T)")
+    ap.add_argument("--seeds", type=int, default=seeds,
+                    help=f"confirmation seeds per arm and replicate (K; default.yaml: {seeds})")
+    ap.add_argument("--trials", type=int, default=trials,
+                    help=f"search trials per arm and replicate (T; default.yaml: {trials})")
     ap.add_argument("--margin", type=float, default=MARGIN_POINTS, help="equivalence margin, points")
     ap.add_argument("--margins", type=float, nargs="*", default=[1.0, 1.5, 2.0, 2.5, 3.0],
                     help="margins for the margin table (empty: skip it)")
@@ -153,17 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     scenarios = SCENARIOS
     if args.smoke_test:
         args.experiments, args.margins = 60, [args.margin]
-        keep = ("null", "skewed null", "divergence (selu, lr > 3e-3)", "effect 2")
+        keep = ("null", "skewed null", "divergence (selu, lr > 3e-3)", "effect 2",
+                "effect 2, real-run spread")
         scenarios = {k: SCENARIOS[k] for k in keep}
     t0 = time.perf_counter()
-    checked = check_asha_against_ray()
+    design = {**DESIGN, **shipped}
+    checked = check_asha_against_ray(design, trials=args.trials)
     n = args.experiments
     R = max(max(FIXED), SEQUENTIAL.max_replicates)
     b = boundary(SEQUENTIAL, SEQUENTIAL.first_look, args.margin)
-    rungs = asha_rungs(DESIGN["max_epochs"], DESIGN["grace_period"], DESIGN["reduction_factor"])
+    rungs = asha_rungs(design["max_epochs"], design["grace_period"], design["reduction_factor"])
     print(f"# {n} simulated experiments per scenario; T={args.trials} trials per arm and replicate, "
-          f"K={args.seeds} seeds, ASHA grace {DESIGN['grace_period']} rf {DESIGN['reduction_factor']} max "
-          f"{DESIGN['max_epochs']} epochs (rungs {rungs}, checked against Ray's _Bracket on {checked} "
+          f"K={args.seeds} seeds, ASHA grace {design['grace_period']} rf {design['reduction_factor']} max "
+          f"{design['max_epochs']} epochs (rungs {rungs}, checked against Ray's _Bracket on {checked} "
           f"cells); margin ±{args.margin:g} points; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"# sequential plan {SEQUENTIAL.first_look}..{SEQUENTIAL.max_replicates}: nominal two-sided "
@@ -174,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| scenario | design | sd of diff (points) | mean diff (points) | winner | ± | wrong way | "
           "equivalent | mean R | 95th pct R |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    failed, rows = [], {}
+    failed, noted, rows = [], [], {}
     for i, (name, (kw, effect, null)) in enumerate(scenarios.items()):
         sim = simulate_design(n, R, seeds=args.seeds, trials=args.trials, effect_points=effect,
-                              rng=100 + i, **kw)
+                              rng=100 + i, **{**shipped, **kw})
         if i == 0:
             check_through_loader(sim, args.margin)
         diffs = replicate_differences_points(sim)  # relu - selu: an effect makes it negative
@@ -192,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {name} | {design} | {diffs[:, :int(used.max())].std():.2f} | {diffs.mean():+.2f} | "
                   f"{p:.3f} | {se:.3f} | {wrong_cell} | {eq:.3f} | {used.mean():.2f} | "
                   f"{np.percentile(used, 95):.0f} |")
-            if null and p > ALPHA + 2 * se and name != "skewed null":
-                failed.append(f"{name} / {design}: {p:.3f}")
+            if null and p > ALPHA + 2 * se:
+                (noted if name in NOT_CHECKED else failed).append(f"{name} / {design}: {p:.3f}")
     if args.margins:
         print()
         print("# margin table, sequential plan: P(equivalent) with no difference and with a true "
@@ -202,13 +231,14 @@ def main(argv: list[str] | None = None) -> int:
               "| P(eq), diff = margin, no CRN | mean R at diff 0, CRN |")
         print("|---|---|---|---|---|---|")
         base = {c: replicate_differences_points(simulate_design(
-            n, SEQUENTIAL.max_replicates, seeds=args.seeds, trials=args.trials, crn=c, rng=900 + c))
+            n, SEQUENTIAL.max_replicates, seeds=args.seeds, trials=args.trials, crn=c, rng=900 + c,
+            **shipped))
             for c in (True, False)}
         for j, m in enumerate(args.margins):
             at0 = {c: run_sequential(base[c], SEQUENTIAL, m) for c in base}
             atm = {c: run_sequential(replicate_differences_points(simulate_design(
                 n, SEQUENTIAL.max_replicates, seeds=args.seeds, trials=args.trials, crn=c,
-                effect_points=m, rng=950 + 2 * j + c)), SEQUENTIAL, m) for c in base}
+                effect_points=m, rng=950 + 2 * j + c, **shipped)), SEQUENTIAL, m) for c in base}
             eq = {(c, k): np.mean(v[c]["decision"] == 2) for k, v in (("0", at0), ("m", atm)) for c in base}
             print(f"| {m:g} | {eq[True, '0']:.3f} | {eq[False, '0']:.3f} | {eq[True, 'm']:.3f} | "
                   f"{eq[False, 'm']:.3f} | {at0[True]['replicates'].mean():.2f} |")
@@ -216,10 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke_test:
         print("smoke test: ran every step (no calibration check at this size)")
         return 0
+    if noted:
+        print("NOTED (not checked: " + "; ".join(f"{k}: {v}" for k, v in NOT_CHECKED.items())
+              + "): above 0.05 + 2 MC s.e. in: " + "; ".join(noted))
     if failed:
         print("CHECK FAILED: false-winner rate above 0.05 + 2 MC s.e. in: " + "; ".join(failed))
         return 1
-    print("CHECK: false-winner rate <= 0.05 (+ 2 MC s.e.) in every scenario but the skewed null")
+    print(f"CHECK: false-winner rate <= 0.05 (+ 2 MC s.e.) in every scenario but {' and '.join(NOT_CHECKED)}")
     return 0
 
 

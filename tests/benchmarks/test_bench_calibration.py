@@ -8,9 +8,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from benchmarks.bench_calibration import check_asha_against_ray, check_through_loader
-from benchmarks.simulate import asha_rungs, asha_stop_epochs, simulate_design
+from benchmarks.bench_calibration import check_asha_against_ray, check_through_loader, shipped_design
+from benchmarks.simulate import (
+    DESIGN,
+    REAL_RUN_NOISE_SCALE,
+    asha_rungs,
+    asha_stop_epochs,
+    replicate_differences_points,
+    simulate_design,
+)
+from sweeps.config import load_config
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_calibration.py"
 
@@ -20,7 +29,7 @@ def test_calibration_benchmark_smoke_test_runs_every_step():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "| R=" in line or "| seq " in line]
-    assert len(rows) == 4 * 4  # 4 scenarios x (R = 3, 5, 10 and the sequential plan)
+    assert len(rows) == 5 * 4  # 5 scenarios x (R = 3, 5, 10 and the sequential plan)
     assert "checked against Ray's _Bracket" in proc.stdout and "ran every step" in proc.stdout
 
 
@@ -30,8 +39,25 @@ def test_calibration_benchmark_rejects_bad_arguments():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "--trials >= 2" in proc.stderr
 
 
-def test_simulated_asha_matches_rays_bracket():
-    assert check_asha_against_ray(cells=40, seed=3) == 40
+@pytest.mark.parametrize("max_epochs", [20, 30])
+def test_simulated_asha_matches_rays_bracket(max_epochs):
+    design = {**DESIGN, "max_epochs": max_epochs}
+    assert check_asha_against_ray(design, cells=40, seed=3) == 40
+
+
+def test_the_calibration_simulates_the_shipped_default_design():
+    cfg = load_config()
+    trials, seeds, design = shipped_design()
+    assert (trials, seeds) == (cfg.search.num_samples, cfg.confirm.seeds)
+    assert design["max_epochs"] == cfg.search.max_epochs
+    assert design["grace_period"] == cfg.search.early_stopping.grace_period
+    assert 10 ** design["lr_low"] == pytest.approx(1e-4) and 10 ** design["lr_high"] == pytest.approx(1e-2)
+
+
+def test_the_real_run_noise_scale_reproduces_the_measured_spread():
+    """REAL_RUN_NOISE_SCALE is fitted to the 2026-12-06 run: sd 1.49 points at T=8, K=3, 30 epochs."""
+    sim = simulate_design(3000, 1, seeds=3, trials=8, rng=5, max_epochs=30, noise_scale=REAL_RUN_NOISE_SCALE)
+    assert replicate_differences_points(sim).std() == pytest.approx(1.49, abs=0.08)
 
 
 def test_asha_rungs_are_rays():

@@ -36,11 +36,11 @@ def test_default_config_is_the_fair_cifar10_search():
 
 def test_default_search_reads_epochs_off_the_curve_with_every_trial_from_the_shared_design():
     s = load_config().search
-    assert (s.objective, s.metric, s.max_epochs) == ("best", "best_val_accuracy", 30)
+    assert (s.objective, s.metric, s.max_epochs) == ("best", "best_val_accuracy", 20)
     assert s.n_startup_trials is None and s.startup_trials == s.num_samples, "all T trials from the design"
     assert not s.reference_point, "no privileged trial in the stratified search"
     assert s.early_stopping.grace_period == 1
-    assert load_config().max_epochs() == 30
+    assert load_config().max_epochs() == 20
     assert load_config(CONFIG_DIR / "blog.yaml").max_epochs() == 50, "no search: train.epochs"
 
 
