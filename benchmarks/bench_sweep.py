@@ -110,8 +110,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     r.add_argument("--old-tree", required=True,
                    help="a checkout of the older commit (git worktree add DIR COMMIT)")
     r.add_argument("--config", default="default.yaml",
-                   help="config name or file as sweeps/run.py --config takes it, in each tree "
-                        "(default default.yaml)")
+                   help="a config file name in each tree's sweeps/configs/ (default default.yaml)")
     r.add_argument("--pairs", type=int, default=1, help="old/new pairs, run old new old new (default 1)")
 
     args = p.parse_args(argv)
@@ -139,6 +138,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.bench == "replicate" and not (Path(args.old_tree) / "sweeps" / "run.py").is_file():
         raise UsageError(f"--old-tree {args.old_tree}: no sweeps/run.py there; make one with "
                          "`git worktree add DIR COMMIT`")
+    if args.bench == "replicate":
+        for tree in (Path(args.old_tree), ROOT):
+            named = Path(args.config).name == args.config
+            if not named or not (tree / "sweeps" / "configs" / args.config).is_file():
+                raise UsageError(f"--config {args.config!r}: not a file in {tree}/sweeps/configs/; "
+                                 "give the name of a config both trees ship, e.g. default.yaml")
     if args.data_dir and not os.path.exists(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such file or directory; "
                          "make one with ../shared/tools/cifar10_to_batches.py or drop the flag")
@@ -542,6 +547,10 @@ def gpu_packing(args: argparse.Namespace) -> int:
 # 4. One replicate end to end, an old checkout against this one
 
 
+class RunFailed(Exception):
+    """A benchmarked sweep exited non-zero: reported with the end of its output, exit code 1."""
+
+
 def _tree_commit(tree: Path) -> str:
     """The tree's commit (short), with "+changes" when its tracked files differ from it."""
     def git(*a: str) -> str:
@@ -553,8 +562,10 @@ def _tree_commit(tree: Path) -> str:
 
 
 def run_replicate(tree: Path, args: argparse.Namespace, storage: str, name: str) -> dict[str, Any]:
-    """``sweeps/run.py`` of ``tree`` (its code: PYTHONPATH, and its config) for one replicate."""
-    cmd = [sys.executable, str(tree / "sweeps" / "run.py"), "--config", args.config, "--name", name,
+    """``sweeps/run.py`` of ``tree`` (its code: PYTHONPATH, and its config) for one replicate.
+    The config goes as a path into the tree: older checkouts take ``--config FILE`` only."""
+    config = tree / "sweeps" / "configs" / args.config
+    cmd = [sys.executable, str(tree / "sweeps" / "run.py"), "--config", str(config), "--name", name,
            "--storage-path", storage, "--set", "search.replicates=1"]
     if args.data_dir:
         cmd += ["--data-dir", str(Path(args.data_dir).resolve())]
@@ -565,7 +576,7 @@ def run_replicate(tree: Path, args: argparse.Namespace, storage: str, name: str)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-        raise RuntimeError(f"{name}: sweeps/run.py exited {proc.returncode}:\n{tail}")
+        raise RunFailed(f"{name}: {tree}/sweeps/run.py exited {proc.returncode}; its output ends:\n{tail}")
     return {"wall": wall}
 
 
@@ -606,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"bench_sweep: error: {exc}", file=sys.stderr)
         return 2
+    except RunFailed as exc:
+        print(f"bench_sweep: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

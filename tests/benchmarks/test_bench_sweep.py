@@ -104,7 +104,9 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys):
                           (["gpu-packing", "--backends", "mxnet"], "--backends ['mxnet']"),
                           (["overhead", "--data-dir", str(tmp_path / "missing")], "no such file"),
                           (["replicate", "--old-tree", str(tmp_path)], "no sweeps/run.py there"),
-                          (["replicate", "--old-tree", str(ROOT), "--pairs", "0"], "--pairs must be >= 1")]:
+                          (["replicate", "--old-tree", str(ROOT), "--pairs", "0"], "--pairs must be >= 1"),
+                          (["replicate", "--old-tree", str(ROOT), "--config", "../x.yaml"], "not a file in"),
+                          (["replicate", "--old-tree", str(ROOT), "--config", "nope.yaml"], "not a file in")]:
         assert bench_sweep.main(args) == 2, args
         out = capsys.readouterr()
         assert out.err.startswith("bench_sweep: error: ") and message in out.err, out.err
