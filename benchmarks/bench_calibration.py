@@ -184,15 +184,15 @@ def main(argv: list[str] | None = None) -> int:
                 "effect 2, real-run spread")
         scenarios = {k: SCENARIOS[k] for k in keep}
     t0 = time.perf_counter()
-    design = {**DESIGN, **shipped}
-    checked = check_asha_against_ray(design, trials=args.trials)
+    model = {**DESIGN, **shipped}
+    checked = check_asha_against_ray(model, trials=args.trials)
     n = args.experiments
     R = max(max(FIXED), SEQUENTIAL.max_replicates)
     b = boundary(SEQUENTIAL, SEQUENTIAL.first_look, args.margin)
-    rungs = asha_rungs(design["max_epochs"], design["grace_period"], design["reduction_factor"])
+    rungs = asha_rungs(model["max_epochs"], model["grace_period"], model["reduction_factor"])
     print(f"# {n} simulated experiments per scenario; T={args.trials} trials per arm and replicate, "
-          f"K={args.seeds} seeds, ASHA grace {design['grace_period']} rf {design['reduction_factor']} max "
-          f"{design['max_epochs']} epochs (rungs {rungs}, checked against Ray's _Bracket on {checked} "
+          f"K={args.seeds} seeds, ASHA grace {model['grace_period']} rf {model['reduction_factor']} max "
+          f"{model['max_epochs']} epochs (rungs {rungs}, checked against Ray's _Bracket on {checked} "
           f"cells); margin ±{args.margin:g} points; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"# sequential plan {SEQUENTIAL.first_look}..{SEQUENTIAL.max_replicates}: nominal two-sided "
