@@ -135,12 +135,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         unknown = [b for b in args.backends if b not in ("jax", "tensorflow", "torch")]
         if unknown or not args.backends:
             raise UsageError(f"--backends {unknown or args.backends}: use jax, tensorflow and/or torch")
-    if args.bench == "replicate" and not (Path(args.old_tree) / "sweeps" / "run.py").is_file():
-        raise UsageError(f"--old-tree {args.old_tree}: no sweeps/run.py there; make one with "
-                         "`git worktree add DIR COMMIT`")
     if args.bench == "replicate":
+        if not (Path(args.old_tree) / "sweeps" / "run.py").is_file():
+            raise UsageError(f"--old-tree {args.old_tree}: no sweeps/run.py there; make one with "
+                             "`git worktree add DIR COMMIT`")
+        named = Path(args.config).name == args.config  # a bare name: never a path out of the tree
         for tree in (Path(args.old_tree), ROOT):
-            named = Path(args.config).name == args.config
             if not named or not (tree / "sweeps" / "configs" / args.config).is_file():
                 raise UsageError(f"--config {args.config!r}: not a file in {tree}/sweeps/configs/; "
                                  "give the name of a config both trees ship, e.g. default.yaml")
