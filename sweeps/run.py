@@ -116,6 +116,39 @@ def _interrupt(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code. Its last line (``done: PATH`` on stdout, or an
+    error or ``INTERRUPTED`` on stderr) is printed after Ray has stopped, with Ctrl-C and SIGTERM
+    ignored from the end of the run to that line: a second Ctrl-C while Ray stops (in its own
+    ``atexit`` hook, before this) printed a traceback after the last line. Called with no
+    ``argv`` (the command line: this process exits next), they stay ignored to the exit; called
+    with an ``argv`` list (in-process), the handlers are put back and a Ray the caller had started
+    before is left running."""
+    import signal
+
+    stop = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in stop}
+    ray_before = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # a caller's own Ray stays
+    try:
+        code, line = _main(argv)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop was being handled
+        code, line = 1, INTERRUPTED
+    finally:
+        for sig in stop:
+            signal.signal(sig, signal.SIG_IGN)
+    try:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized() and not ray_before:
+            ray.shutdown()
+        print(line, file=sys.stdout if code == 0 else sys.stderr, flush=True)
+    finally:
+        if argv is not None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+    return code
+
+
+def _main(argv: list[str] | None) -> tuple[int, str]:
+    """The run; returns the exit code and the last line to print."""
     import signal
 
     from analysis.contract import STAGES
@@ -142,24 +175,17 @@ def main(argv: list[str] | None = None) -> int:
 
         path = run_sweep(cfg, options, exp=exp, validated=True)
     except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return 2, f"error: {exc}"
     except SweepInterrupted as exc:
-        print(f"{exc}\n{INTERRUPTED}", file=sys.stderr)
-        return 1
+        return 1, f"{exc}\n{INTERRUPTED}"
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
-        return 1
+        return 1, INTERRUPTED
     except SweepFailed as exc:
-        print(f"failed: {exc}", file=sys.stderr)
-        return 1
+        return 1, f"failed: {exc}"
     except OSError as exc:  # e.g. a full disk: what finished is kept, and a write was atomic
         where = f" ({redact(exc.filename)})" if getattr(exc, "filename", None) else ""
-        print(f"failed: {exc.strerror or exc}{where}; free the space or fix the path, then --resume",
-              file=sys.stderr)
-        return 1
-    print(f"done: {redact(path)}")
-    return 0
+        return 1, f"failed: {exc.strerror or exc}{where}; free the space or fix the path, then --resume"
+    return 0, f"done: {redact(path)}"
 
 
 if __name__ == "__main__":

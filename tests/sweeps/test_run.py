@@ -238,9 +238,12 @@ def uninterrupted(tmp_path_factory):
     return root / "uncut7"
 
 
-def _interrupt(tmp_path: Path, name: str, stage: str, signals: list[int]) -> subprocess.CompletedProcess:
+def _interrupt(tmp_path: Path, name: str, stage: str, signals: list[int],
+               repeat_until_exit: bool = False) -> subprocess.CompletedProcess:
     """Start the CLI, send ``signals`` to the driver (only) once a trial of ``stage`` reported an
-    epoch, and return the finished process (stdout, stderr, returncode)."""
+    epoch, and return the finished process (stdout, stderr, returncode). ``repeat_until_exit``:
+    then send the last signal again every 0.2 s until the process ends (every phase of the stop:
+    Tune saving, the stage unwinding, Ray stopping, the last line)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, str(ROOT / "sweeps" / "run.py"), *map(str, INTERRUPT_ARGS),
@@ -256,6 +259,9 @@ def _interrupt(tmp_path: Path, name: str, stage: str, signals: list[int]) -> sub
     for sig in signals:
         proc.send_signal(sig)
         time.sleep(0.5)
+    while repeat_until_exit and time.time() < deadline and proc.poll() is None:
+        proc.send_signal(signals[-1])
+        time.sleep(0.2)
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
@@ -290,4 +296,11 @@ def test_an_interrupted_confirmation_exits_1_and_resumes_to_the_uninterrupted_re
 
 def test_a_second_ctrl_c_in_the_search_still_exits_1_without_a_crash(tmp_path):
     proc = _interrupt(tmp_path, "twice", "search", [signal.SIGINT, signal.SIGINT])
+    _assert_interrupted(proc)
+
+
+def test_ctrl_c_pressed_again_and_again_until_the_exit_still_ends_on_the_interrupted_line(tmp_path):
+    """A Ctrl-C that lands while Ray stops (it did, in CI: Ray's atexit hook printed a
+    KeyboardInterrupt traceback after the last line) changes nothing."""
+    proc = _interrupt(tmp_path, "storm", "search", [signal.SIGINT], repeat_until_exit=True)
     _assert_interrupted(proc)
