@@ -6,7 +6,16 @@ storage with a sync that skips a round while the previous copy runs: a driver ki
 leaves a trial that had ended as RUNNING in the newest saved state, and ``--resume`` would train
 it again. :class:`CompletionRecords` (a Tune callback) writes ``done.json`` with the trial's last
 result when it ends; :func:`trust_completion_records` marks such trials ended in Tune's newest
-state before the restore. This module is pickled by value into ``tuner.pkl`` (see
+state before the restore.
+
+A trial still running at the kill is restored from the newest checkpoint in that state, which can
+be older than the epochs its ``result.json`` (written by the driver as each result arrives)
+already holds: the restored trial trains those epochs again and Tune appends them a second time
+(``[1, 2, 2, 3]``, seen in the SIGKILL test). :func:`roll_back_unfinished_results` cuts such a
+``result.json`` back to the restored checkpoint first, so each epoch is recorded once, by the run
+that goes on (at most the epochs since Tune's last snapshot, about a second, are trained again).
+
+This module is pickled by value into ``tuner.pkl`` (see
 ``sweeps.runner.PICKLED_BY_VALUE``), so it imports nothing else of this project at call time.
 """
 
@@ -243,3 +252,114 @@ def trust_completion_records(stage_path: str) -> int:
     if marked:
         _write_atomic(fs, state_path, json.dumps(state).encode())
     return marked
+
+
+def _restored_iteration(run_metadata: str) -> int:
+    """The ``training_iteration`` of the checkpoint Tune restores a trial from (the latest one its
+    run metadata holds: ``Trial.checkpoint``), 0 when it has none (it starts again)."""
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    manager = _loads_with_cloudpickle(run_metadata).get("checkpoint_manager")
+    latest = getattr(manager, "latest_checkpoint_result", None)
+    metrics = getattr(latest, "metrics", None) or {}
+    value = metrics.get("training_iteration", 0)
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def _iteration_of(line: bytes) -> float | None:
+    """A ``result.json`` line's ``training_iteration`` (0 if it has none); None if the line is not
+    a whole JSON object (cut short by a kill)."""
+    try:
+        value = json.loads(line).get("training_iteration", 0)
+    except (ValueError, AttributeError):
+        return None
+    return value if isinstance(value, (int, float)) else 0
+
+
+def _kept_json_lines(data: bytes, restored: int) -> list[bytes]:
+    return [ln for ln in data.splitlines() if ln.strip()
+            and (it := _iteration_of(ln)) is not None and it <= restored]
+
+
+def _kept_csv_lines(data: bytes, restored: int) -> list[bytes]:
+    """``progress.csv`` (Tune's CSV logger, also restored from storage and appended): the header
+    and the rows whose ``training_iteration`` is at most ``restored``."""
+    import csv
+    import io
+
+    lines = [ln for ln in data.splitlines() if ln.strip()]
+    if not lines:
+        return []
+    header = next(csv.reader([lines[0].decode("utf-8", "replace")]))
+    if "training_iteration" not in header:
+        return lines
+    col, kept = header.index("training_iteration"), [lines[0]]
+    for ln in lines[1:]:
+        row = next(csv.reader(io.StringIO(ln.decode("utf-8", "replace"))), [])
+        try:
+            if len(row) == len(header) and float(row[col]) <= restored:
+                kept.append(ln)
+        except ValueError:
+            continue
+    return kept
+
+
+_LOGS = (("result.json", _kept_json_lines), ("progress.csv", _kept_csv_lines))  # Tune's per-epoch logs
+
+
+def _cut_logs(fs, tdir: str, restored: int) -> bool:
+    """Cut the per-epoch logs in ``tdir`` (on ``fs``) back to ``restored``; whether one changed."""
+    changed = False
+    for name, keep in _LOGS:
+        data = _read(fs, f"{tdir}/{name}")
+        if not data:
+            continue
+        kept = keep(data, restored)
+        if len(kept) < len([ln for ln in data.splitlines() if ln.strip()]):
+            _write_atomic(fs, f"{tdir}/{name}", b"".join(ln + b"\n" for ln in kept))
+            changed = True
+    return changed
+
+
+def _staging_dir(trial_json: str) -> str | None:
+    """The trial's directory in this driver's staging area, if it exists: Tune's loggers append to
+    it and copy it over the storage's (a stage restored in the same Ray session, e.g. on a cluster
+    that outlived the killed driver, still finds the old lines there)."""
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    try:
+        path = _loads_with_cloudpickle(trial_json)["storage"].trial_driver_staging_path
+    except Exception:  # no Ray session, no trial directory name: nothing staged here
+        return None
+    return path if os.path.isdir(path) else None
+
+
+def roll_back_unfinished_results(stage_path: str) -> int:
+    """Cut the per-epoch logs (``result.json``, ``progress.csv``) of every trial Tune's newest
+    state will run again (RUNNING, PENDING, PAUSED, ERROR: ``resume_unfinished``,
+    ``resume_errored``) back to the checkpoint it is restored from: rows with a larger
+    ``training_iteration`` are dropped (they are trained and logged again), in the storage and in
+    this driver's staging copy. Call it after :func:`trust_completion_records`, on a verified state
+    (it unpickles the trials' run metadata, as the restore does). Returns how many trials it cut."""
+    import pyarrow.fs
+
+    fs, fs_path = _fs_and_path(stage_path)
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    state_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
+    raw = _read(fs, state_path) if state_path else None
+    if raw is None:
+        return 0
+    cut = 0
+    for item in json.loads(raw).get("trial_data", []):
+        trial = json.loads(item[0])
+        if trial.get("status") not in ("RUNNING", "PENDING", "PAUSED", "ERROR"):
+            continue
+        restored = _restored_iteration(item[1])
+        tdir = f"{fs_path}/{os.path.basename(str(trial.get('relative_logdir', '')))}"
+        changed = _cut_logs(fs, tdir, restored)
+        staging = _staging_dir(item[0])
+        if staging is not None:
+            changed = _cut_logs(pyarrow.fs.LocalFileSystem(), staging, restored) or changed
+        cut += changed
+    return cut

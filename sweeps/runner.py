@@ -24,7 +24,12 @@ from typing import Any
 
 from analysis.contract import CONFIRM, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers, trust
-from sweeps.completion import CompletionRecords, restore_snapshot, trust_completion_records
+from sweeps.completion import (
+    CompletionRecords,
+    restore_snapshot,
+    roll_back_unfinished_results,
+    trust_completion_records,
+)
 from sweeps.config import ConfigError, Replicates, SweepConfig
 from sweeps.experiment import Experiment, redact
 from sweeps.prepare import (
@@ -264,6 +269,7 @@ def _fit(cfg: SweepConfig, exp: Experiment, batch: Batch, trainable, make_tuner,
         try:
             if trust_completion_records(path):
                 trust.sign_dir(path)  # our own edit of the state just verified
+            roll_back_unfinished_results(path)  # each epoch in result.json once (sweeps.completion)
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         except Exception as exc:  # a damaged experiment state: say so instead of a traceback
             first_line = str(exc).splitlines()[0][:120] if str(exc) else ""

@@ -89,7 +89,8 @@ DEFAULTS: dict[str, Any] = {
     # Save a checkpoint every this many epochs, and always after the last one. A retried trial
     # repeats at most checkpoint_every - 1 epochs. A checkpoint (one .npz of the variables)
     # adds ~8 ms to a report in Tune: 0.3% of a 5,000-image epoch on 2 CPUs at 1
-    # (benchmarks/README.md), so every epoch is checkpointed and no epoch ever runs twice.
+    # (benchmarks/README.md), so every epoch is checkpointed and a retried trial repeats no
+    # epoch (after a killed driver, those since Tune's last snapshot: sweeps.completion).
     "checkpoint_every": 1,
 }
 

@@ -497,6 +497,80 @@ def test_a_trial_whose_end_the_snapshot_missed_is_not_run_again_on_resume(ray_lo
     assert trust_completion_records(str(stage)) == 0
 
 
+def _three_checkpointed_epochs(config):
+    import tempfile
+
+    from ray import tune
+
+    start = 1
+    if (checkpoint := tune.get_checkpoint()) is not None:
+        with checkpoint.as_directory() as d:
+            start = int(Path(d, "epoch").read_text()) + 1
+    for epoch in range(start, 4):
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "epoch").write_text(str(epoch))
+            tune.report({"epoch": float(epoch), "target_epochs": 3.0, "val_accuracy": 0.1 * epoch,
+                         "diverged": 0.0}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _as_of_epoch(meta_json: str, keep: int) -> str:
+    """A trial's run metadata as a snapshot taken after its ``keep``-th checkpoint would hold it."""
+    from ray.tune.utils.serialization import TuneFunctionEncoder, _loads_with_cloudpickle
+
+    meta = _loads_with_cloudpickle(meta_json)
+    manager = meta["checkpoint_manager"]
+    manager._checkpoint_results = manager._checkpoint_results[:keep]
+    manager._latest_checkpoint_result = manager._checkpoint_results[-1] if keep else None
+    meta["last_result"] = {**meta["last_result"], "epoch": float(keep), "training_iteration": keep}
+    return json.dumps(meta, indent=2, cls=TuneFunctionEncoder)
+
+
+def test_epochs_after_the_restored_checkpoint_are_cut_from_result_json_and_recorded_once(ray_local, tmp_path):
+    """The SIGKILL test once saw epochs [1, 2, 2, 3]: Tune's last snapshot (a second behind) held
+    the epoch-1 checkpoint while result.json already had epoch 2, so the restored trial trained
+    epoch 2 again and Tune appended it again. Real Tune files: both trials of a finished stage are
+    rolled back to a snapshot taken after their first checkpoint (trial 0) and before any (trial 1);
+    ``roll_back_unfinished_results`` cuts result.json to match, and the restored run then records
+    every epoch exactly once."""
+    from ray import tune
+
+    from sweeps.completion import roll_back_unfinished_results
+
+    def tuner():
+        return tune.Tuner(_three_checkpointed_epochs, param_space={"k": tune.grid_search([0, 1])},
+                          run_config=tune.RunConfig(name="stage", storage_path=str(tmp_path), verbose=0))
+
+    tuner().fit()
+    stage = tmp_path / "stage"
+    (state_file,) = stage.glob("experiment_state-*.json")
+    state = json.loads(state_file.read_text())
+    dirs = []
+    for i, keep in enumerate((1, 0)):
+        trial = json.loads(state["trial_data"][i][0])
+        trial["status"] = "RUNNING"
+        state["trial_data"][i] = [json.dumps(trial), _as_of_epoch(state["trial_data"][i][1], keep)]
+        dirs.append(stage / trial["relative_logdir"])
+    state_file.write_text(json.dumps(state))
+    with open(dirs[0] / "result.json", "a") as f:
+        f.write('{"epoch": 4')  # a line cut short by the kill
+
+    assert roll_back_unfinished_results(str(stage)) == 2
+    assert [json.loads(line)["epoch"] for line in (dirs[0] / "result.json").read_text().splitlines()] == [1.0]
+    assert (dirs[1] / "result.json").read_text() == ""
+    assert roll_back_unfinished_results(str(stage)) == 0  # nothing left to cut
+
+    results = tune.Tuner.restore(str(stage), trainable=_three_checkpointed_epochs,
+                                 resume_unfinished=True).fit()
+    assert sorted(r.metrics["epoch"] for r in results) == [3.0, 3.0]
+    for tdir in dirs:
+        rows = [json.loads(line) for line in (tdir / "result.json").read_text().splitlines()]
+        assert [r["epoch"] for r in rows] == [1.0, 2.0, 3.0], tdir
+        assert [r["training_iteration"] for r in rows] == [1, 2, 3]
+        progress = (tdir / "progress.csv").read_text().splitlines()
+        col = progress[0].split(",").index("training_iteration")
+        assert [row.split(",")[col] for row in progress[1:]] == ["1", "2", "3"]
+
+
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray_local, tmp_path, monkeypatch,
                                                                              signed):
