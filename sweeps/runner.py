@@ -269,7 +269,9 @@ def _fit(cfg: SweepConfig, exp: Experiment, batch: Batch, trainable, make_tuner,
         try:
             if trust_completion_records(path):
                 trust.sign_dir(path)  # our own edit of the state just verified
-            roll_back_unfinished_results(path)  # each epoch in result.json once (sweeps.completion)
+            if cut := roll_back_unfinished_results(path):  # each epoch logged once (sweeps.completion)
+                print(f"{batch.label}: {cut} unfinished trial(s) had logged epochs after their last saved "
+                      f"checkpoint; those epochs are trained again", flush=True)
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
         except Exception as exc:  # a damaged experiment state: say so instead of a traceback
             first_line = str(exc).splitlines()[0][:120] if str(exc) else ""
