@@ -158,6 +158,55 @@ def restore_snapshot(stage_path: str) -> list[str]:
     return restored
 
 
+def _atomic_upload(local_path: str, fs, fs_path: str, exclude=None, *, _tune=None) -> None:
+    """Tune's staging-to-storage copy (``ray.train._internal.storage._upload_to_fs_path``) for a
+    local storage path, made kill-safe: each file is copied to a temporary name and renamed over
+    the old one, so a SIGKILL mid-copy leaves the previous whole file, never an empty one. Tune's
+    own copy (``pyarrow.fs.copy_files``) truncates and rewrites every file of every trial in place
+    at every snapshot: the SIGKILL test found a finished trial's ``result.json`` empty (0 bytes)
+    after a kill, which no resume would rewrite. A file whose size and mtime match the copy's
+    (stamped from the source, as rsync's quick check) is not copied again. Other filesystems
+    (an object store writes each object whole) and uploads with ``exclude`` go to Tune's own."""
+    import pyarrow.fs
+
+    if not isinstance(fs, pyarrow.fs.LocalFileSystem) or exclude or not os.path.isdir(local_path):
+        return _tune(local_path=local_path, fs=fs, fs_path=fs_path, exclude=exclude)
+    for root, _dirs, files in os.walk(local_path):
+        rel = os.path.relpath(root, local_path)
+        target = fs_path if rel == "." else os.path.join(fs_path, rel)
+        os.makedirs(target, exist_ok=True)
+        for name in files:
+            src, dst = os.path.join(root, name), os.path.join(target, name)
+            try:
+                st = os.stat(src)
+                old = os.stat(dst) if os.path.exists(dst) else None
+                if old is not None and (old.st_size, old.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    continue
+                with open(src, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:  # removed while walking (Tune deletes old snapshots)
+                continue
+            tmp = os.path.join(target, f".{name}.tmp-{os.getpid()}")  # hidden: never taken for a snapshot
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))  # changed during the read: copied again
+            os.replace(tmp, dst)
+
+
+def install_atomic_sync() -> None:
+    """Make this driver's Tune copy its staging directory to a local storage path with
+    :func:`_atomic_upload` (once per process)."""
+    import functools
+
+    from ray.train._internal import storage
+
+    if getattr(storage._upload_to_fs_path, "_selu_atomic", False):
+        return
+    upload = functools.partial(_atomic_upload, _tune=storage._upload_to_fs_path)
+    upload._selu_atomic = True
+    storage._upload_to_fs_path = upload
+
+
 def _write_local(path: str, data: bytes) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:
@@ -240,11 +289,9 @@ def trust_completion_records(stage_path: str) -> int:
         meta["last_result"] = last
         trial["status"] = "TERMINATED"
         item[0], item[1] = json.dumps(trial, indent=2), json.dumps(meta, indent=2)
-        lines = [ln for ln in (_read(fs, f"{tdir}/result.json") or b"").splitlines() if ln.strip()]
-        try:
-            logged = json.loads(lines[-1]).get("training_iteration", 0) if lines else 0
-        except ValueError:
-            logged = 0
+        lines = [ln for ln in (_read(fs, f"{tdir}/result.json") or b"").splitlines()
+                 if ln.strip() and _iteration_of(ln) is not None]  # not a line cut short by a kill
+        logged = _iteration_of(lines[-1]) if lines else 0
         if logged < last.get("training_iteration", 0):
             lines.append(json.dumps(last, cls=SafeFallbackEncoder).encode())
             _write_atomic(fs, f"{tdir}/result.json", b"\n".join(lines) + b"\n")

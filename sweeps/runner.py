@@ -26,6 +26,7 @@ from analysis.contract import CONFIRM, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FI
 from sweeps import seeds, trackers, trust
 from sweeps.completion import (
     CompletionRecords,
+    install_atomic_sync,
     restore_snapshot,
     roll_back_unfinished_results,
     trust_completion_records,
@@ -258,6 +259,7 @@ def _fit(cfg: SweepConfig, exp: Experiment, batch: Batch, trainable, make_tuner,
 
     path = batch.path(exp)
     trust.install()  # Tune signs its experiment state as it saves it
+    install_atomic_sync()  # and copies it, and every trial's logs, to local storage whole or not at all
     if tune.Tuner.can_restore(path):
         try:
             if not exp.remote:
