@@ -165,7 +165,8 @@ def _atomic_upload(local_path: str, fs, fs_path: str, exclude=None, *, _tune=Non
     own copy (``pyarrow.fs.copy_files``) truncates and rewrites every file of every trial in place
     at every snapshot: the SIGKILL test found a finished trial's ``result.json`` empty (0 bytes)
     after a kill, which no resume would rewrite. A file whose size and mtime match the copy's
-    (stamped from the source, as rsync's quick check) is not copied again. Other filesystems
+    (stamped from the source, as rsync's quick check) is not copied again; each directory's
+    ``.sig`` files go before the files they sign. Other filesystems
     (an object store writes each object whole) and uploads with ``exclude`` go to Tune's own."""
     import pyarrow.fs
 
@@ -175,7 +176,9 @@ def _atomic_upload(local_path: str, fs, fs_path: str, exclude=None, *, _tune=Non
         rel = os.path.relpath(root, local_path)
         target = fs_path if rel == "." else os.path.join(fs_path, rel)
         os.makedirs(target, exist_ok=True)
-        for name in files:
+        # Signatures first (sweeps.trust): a .sig lists its file's previous versions too, so a kill
+        # between the two leaves a pair that verifies; the other order would not.
+        for name in sorted(files, key=lambda n: not n.endswith(".sig")):
             src, dst = os.path.join(root, name), os.path.join(target, name)
             try:
                 st = os.stat(src)

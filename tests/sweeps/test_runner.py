@@ -647,6 +647,17 @@ def test_the_staging_copy_to_local_storage_replaces_files_whole_and_skips_unchan
     upload(local_path=str(staging), fs=fs, fs_path=str(storage), exclude=["*.png"])
     assert len(tune_calls) == 1  # with exclude: Tune's own copy
 
+    # A signature goes before the file it signs (a .sig lists older versions, never newer ones).
+    (staging / "experiment_state-x.json").write_text('{"v": 2}')
+    (staging / "experiment_state-x.json.sig").write_text("new\nold\n")
+    replaced.clear()
+    monkeypatch.setattr(completion.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        upload(local_path=str(staging), fs=fs, fs_path=str(storage))
+    monkeypatch.undo()
+    assert [Path(p).name for p in replaced] == ["experiment_state-x.json.sig"]
+    assert (storage / "experiment_state-x.json").read_text() == "{}"
+
 
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray_local, tmp_path, monkeypatch,
