@@ -109,13 +109,66 @@ def copy_snapshot(storage, copied: int | None) -> int | None:
         logger.warning("could not keep a copy of the experiment snapshot (%s); the previous "
                        "copy stays", exc)
         return copied
-    snap = os.path.join(target, SNAPSHOT_DIR)
-    os.makedirs(snap, exist_ok=True)
-    for name, data in blobs.items():  # the state file last: it is what restore_snapshot checks
-        if name != state:
-            _write_local(os.path.join(snap, name), data)
-    _write_local(os.path.join(snap, state), blobs[state])
+    _write_slot(os.path.join(target, SNAPSHOT_DIR), blobs, _iteration(blobs[state]))
     return mtime
+
+
+# The copy is kept in two slots, <stage>/.last-snapshot/{a,b}/, each closed by a manifest (the
+# snapshot's step and a SHA-256 of every file) written last: a new copy goes into the slot not
+# holding the newest whole one, so a kill while copying leaves that one intact. Tune's snapshot is
+# several files (the trials, the searcher's state, its trial counter) written and copied one by
+# one; a mix of two snapshots restored Tune's trial counter ahead of its trial list, and the
+# resumed search ended 2 trials short (the SIGKILL loop, reuse on, run 10).
+_SLOTS = ("a", "b")
+_MANIFEST = "manifest.json"
+
+
+def _manifest(slot: str) -> dict | None:
+    """A slot's manifest if every file it lists is there with its hash (a whole, consistent copy)."""
+    import hashlib
+
+    try:
+        with open(os.path.join(slot, _MANIFEST), "rb") as f:
+            manifest = json.loads(f.read())
+        for name, digest in manifest["files"].items():
+            with open(os.path.join(slot, os.path.basename(name)), "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != digest:
+                    return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return manifest if isinstance(manifest.get("step"), int) else None
+
+
+def _newest_slot(snap: str) -> tuple[str, dict] | None:
+    """The slot holding the newest whole copy, with its manifest; None if neither is whole."""
+    whole = [(m["step"], os.path.join(snap, s), m) for s in _SLOTS
+             if (m := _manifest(os.path.join(snap, s))) is not None]
+    if not whole:
+        return None
+    _, slot, manifest = max(whole, key=lambda t: t[0])
+    return slot, manifest
+
+
+def _write_slot(snap: str, blobs: dict[str, bytes], step: int | None) -> None:
+    import hashlib
+
+    if step is None:
+        return
+    newest = _newest_slot(snap)
+    slot = os.path.join(snap, _SLOTS[0] if newest is None or newest[0].endswith(f"/{_SLOTS[1]}")
+                        else _SLOTS[1])
+    os.makedirs(slot, exist_ok=True)
+    try:
+        os.remove(os.path.join(slot, _MANIFEST))  # open the slot first: it is not whole while written
+    except FileNotFoundError:
+        pass
+    for name in _snapshot_files(slot):
+        if name not in blobs:
+            os.remove(os.path.join(slot, name))
+    for name, data in blobs.items():
+        _write_local(os.path.join(slot, name), data)
+    manifest = {"step": step, "files": {n: hashlib.sha256(d).hexdigest() for n, d in blobs.items()}}
+    _write_local(os.path.join(slot, _MANIFEST), json.dumps(manifest).encode())
 
 
 def _iteration(data: bytes | None) -> int | None:
@@ -129,14 +182,16 @@ def _iteration(data: bytes | None) -> int | None:
 
 
 def restore_snapshot(stage_path: str) -> list[str]:
-    """Before a restore: if Tune's own newest state file in ``stage_path`` is cut short, or older
-    than the whole copy in ``<stage>/.last-snapshot/``, put that copy's files back over Tune's.
-    Returns the names restored (none when Tune's own state is whole and at least as new)."""
-    snap = os.path.join(stage_path, SNAPSHOT_DIR)
-    names = _snapshot_files(snap)
-    state = _newest_state(names)
-    if state is None:
+    """Before a restore: put the newest whole copy of Tune's snapshot (``<stage>/.last-snapshot/``,
+    consistent by its manifest) back over Tune's own files where they differ. Tune's own copy in
+    storage is written file by file in the background: after a kill it can be cut short, or a mix
+    of two snapshots, even when its state file is a step newer; the copy is one consistent
+    snapshot (at most the step being copied at the kill is lost: a trial that ended in it has its
+    completion record, one that ran on is cut back to its checkpoint). Returns the names restored."""
+    found = _newest_slot(os.path.join(stage_path, SNAPSHOT_DIR))
+    if found is None:
         return []
+    slot, manifest = found
 
     def read(path: str) -> bytes | None:
         try:
@@ -145,14 +200,11 @@ def restore_snapshot(stage_path: str) -> list[str]:
         except OSError:
             return None
 
-    copy = _iteration(read(os.path.join(snap, state)))
-    own = _iteration(read(os.path.join(stage_path, state)))
-    if copy is None or (own is not None and own >= copy):
-        return []
+    names = sorted(n for n in manifest["files"] if n in _snapshot_files(slot))  # plain names only
     restored = []
     for name in names:
-        data = read(os.path.join(snap, name))
-        if data is not None:
+        data = read(os.path.join(slot, os.path.basename(name)))
+        if data is not None and read(os.path.join(stage_path, name)) != data:
             _write_local(os.path.join(stage_path, name), data)
             restored.append(name)
     return restored

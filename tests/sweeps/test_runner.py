@@ -670,7 +670,7 @@ def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray
     from ray import tune
     from ray.tune.execution.tune_controller import TuneController
 
-    from sweeps import trust
+    from sweeps import completion, trust
     from sweeps.completion import CompletionRecords, restore_snapshot
 
     own = getattr(TuneController.save_to_dir, "__wrapped__", TuneController.save_to_dir)
@@ -685,12 +685,26 @@ def test_a_snapshot_cut_short_by_a_kill_is_put_back_whole_before_the_restore(ray
     stage = tmp_path / "stage"
     (state_file,) = stage.glob("experiment_state-*.json")
     whole = state_file.read_bytes()
-    snap = stage / ".last-snapshot"
+    slot, manifest = completion._newest_slot(str(stage / ".last-snapshot"))
+    snap = Path(slot)
     assert (snap / state_file.name).read_bytes() == whole  # the copy holds the final state
     assert restore_snapshot(str(stage)) == []  # Tune's own state is whole and as new: kept
     state_file.write_bytes(b"")  # what the kill left
     assert state_file.name in restore_snapshot(str(stage))
     assert state_file.read_bytes() == whole
+    # A kill while the next copy was written leaves that slot without its manifest: the whole one
+    # is used. Tune's own files a mix of two snapshots (one file from a later step, as the loop
+    # found: the trial counter ahead of the trial list): the copy's file is put back.
+    other = snap.parent / ("b" if snap.name == "a" else "a")
+    other.mkdir(exist_ok=True)
+    (other / "manifest.json").unlink(missing_ok=True)
+    (other / state_file.name).write_bytes(b'{"runner_data": {"_iteration": 99999')
+    assert completion._newest_slot(str(stage / ".last-snapshot"))[0] == slot
+    searcher_file = next(n for n in manifest["files"] if n != state_file.name and not n.endswith(".sig"))
+    copy = (stage / searcher_file).read_bytes()
+    (stage / searcher_file).write_bytes(copy + b" ")
+    assert restore_snapshot(str(stage)) == [searcher_file]
+    assert (stage / searcher_file).read_bytes() == copy
     if signed:
         assert (snap / f"{state_file.name}.sig").is_file()
         trust.sign_file(str(stage / "tuner.pkl"))  # as the runner does after making the Tuner
