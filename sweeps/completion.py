@@ -37,11 +37,11 @@ class CompletionRecords(Callback):
     calls ``on_trial_complete`` after the searcher's own, before it marks the trial TERMINATED),
     write ``done.json`` (atomically) with its last result into the trial's directory.
 
-    It also keeps an atomic copy of Tune's latest experiment snapshot (``on_step_end``: after the
-    step's snapshot was written, in the same thread). Tune copies its snapshot to a local storage
-    path with a background ``pyarrow.fs.copy_files``, which truncates and rewrites each file in
-    place: a driver killed during that copy leaves an empty ``experiment_state-*.json`` (seen in the
-    SIGKILL test under load) that Tune cannot restore. :func:`restore_snapshot` puts the copy back.
+    It also keeps a consistent copy of Tune's latest experiment snapshot (``on_step_end``: after
+    the step's snapshot was written, in the same thread), which :func:`restore_snapshot` puts back
+    before a restore. Tune's own copy in a local storage path is written file by file in the
+    background: once truncated in place (an empty ``experiment_state-*.json`` seen in the SIGKILL
+    test under load; now :func:`install_atomic_sync`), and still a possible mix of two snapshots.
     """
 
     def __init__(self):
