@@ -179,12 +179,10 @@ STOP = _StopRequest()
 
 
 def _on_stop_signal(signum, frame) -> None:
-    first = STOP.signal is None
-    if first:
-        STOP.signal = signal.Signals(signum).name
+    if STOP.signal is not None:
+        return  # the first signal's stop is under way (Tune saving, the stage unwinding): let it finish
+    STOP.signal = signal.Signals(signum).name
     if STOP.in_fit:
-        if not first:
-            return  # Tune is saving its state after the first signal: let it finish
         if callable(signal.getsignal(signal.SIGUSR1)):
             # Tune's own graceful stop (its handler of SIGUSR1): the loop ends, the experiment state
             # is saved with the unfinished trials still unfinished, and fit() returns.
