@@ -123,14 +123,16 @@ _SLOTS = ("a", "b")
 _MANIFEST = "manifest.json"
 
 
-def _manifest(slot: str) -> dict | None:
-    """A slot's manifest if every file it lists is there with its hash (a whole, consistent copy)."""
+def _manifest(slot: str, verify: bool = True) -> dict | None:
+    """A slot's manifest if every file it lists is there with its hash (a whole, consistent copy).
+    ``verify=False`` only reads the manifest: enough to tell which slot :func:`_write_slot` closed
+    last (it removes a slot's manifest before writing into it and writes it after the files)."""
     import hashlib
 
     try:
         with open(os.path.join(slot, _MANIFEST), "rb") as f:
             manifest = json.loads(f.read())
-        for name, digest in manifest["files"].items():
+        for name, digest in manifest["files"].items() if verify else ():
             with open(os.path.join(slot, os.path.basename(name)), "rb") as f:
                 if hashlib.sha256(f.read()).hexdigest() != digest:
                     return None
@@ -139,10 +141,10 @@ def _manifest(slot: str) -> dict | None:
     return manifest if isinstance(manifest.get("step"), int) else None
 
 
-def _newest_slot(snap: str) -> tuple[str, dict] | None:
+def _newest_slot(snap: str, verify: bool = True) -> tuple[str, dict] | None:
     """The slot holding the newest whole copy, with its manifest; None if neither is whole."""
     whole = [(m["step"], os.path.join(snap, s), m) for s in _SLOTS
-             if (m := _manifest(os.path.join(snap, s))) is not None]
+             if (m := _manifest(os.path.join(snap, s), verify)) is not None]
     if not whole:
         return None
     _, slot, manifest = max(whole, key=lambda t: t[0])
@@ -154,7 +156,7 @@ def _write_slot(snap: str, blobs: dict[str, bytes], step: int | None) -> None:
 
     if step is None:
         return
-    newest = _newest_slot(snap)
+    newest = _newest_slot(snap, verify=False)  # once a second on the driver: no re-hashing here
     slot = os.path.join(snap, _SLOTS[0] if newest is None or newest[0].endswith(f"/{_SLOTS[1]}")
                         else _SLOTS[1])
     os.makedirs(slot, exist_ok=True)
@@ -307,6 +309,17 @@ def write_completion_record(trial) -> None:
     _write_atomic(fs, f"{path}/{DONE_FILE}", json.dumps(record, cls=SafeFallbackEncoder).encode())
 
 
+def _newest_state_of(stage_path: str):
+    """(fs, stage fs path, path of Tune's newest state file, its parsed JSON) of a stage; the
+    last two None if it has none (matched as Tune's own restore matches it)."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+
+    fs, fs_path = _fs_and_path(stage_path)
+    state_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
+    raw = _read(fs, state_path) if state_path else None
+    return fs, fs_path, state_path, (json.loads(raw) if raw is not None else None)
+
+
 def trust_completion_records(stage_path: str) -> int:
     """Mark as TERMINATED, in the newest experiment state of a stage, every unfinished trial whose
     ``done.json`` says it ended (with its last result), and append that result to its
@@ -315,15 +328,11 @@ def trust_completion_records(stage_path: str) -> int:
     Tune's state file is JSON; each trial is a JSON string (status, trial_id, relative_logdir) and
     its run metadata another (last_result). Nothing else is changed.
     """
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
     from ray.tune.utils.util import SafeFallbackEncoder
 
-    fs, fs_path = _fs_and_path(stage_path)
-    state_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
-    raw = _read(fs, state_path) if state_path else None
-    if raw is None:
+    fs, fs_path, state_path, state = _newest_state_of(stage_path)
+    if state is None:
         return 0
-    state = json.loads(raw)
     marked = 0
     for item in state.get("trial_data", []):
         trial = json.loads(item[0])
@@ -445,15 +454,11 @@ def roll_back_unfinished_results(stage_path: str) -> int:
     (it unpickles the trials' run metadata, as the restore does). Returns how many trials it cut."""
     import pyarrow.fs
 
-    fs, fs_path = _fs_and_path(stage_path)
-    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-
-    state_path = _find_newest_experiment_checkpoint(fs_path, fs=fs)
-    raw = _read(fs, state_path) if state_path else None
-    if raw is None:
+    fs, fs_path, _, state = _newest_state_of(stage_path)
+    if state is None:
         return 0
     cut = 0
-    for item in json.loads(raw).get("trial_data", []):
+    for item in state.get("trial_data", []):
         trial = json.loads(item[0])
         if trial.get("status") not in ("RUNNING", "PENDING", "PAUSED", "ERROR"):
             continue
