@@ -23,6 +23,9 @@ verdict.json (``Conclusion.record``, schema_version 2; NaN is written as null):
   ``equivalent``, ``equivalence_margin_points``; ``difference`` (arm_a - arm_b, accuracy as a
   fraction), ``ci`` [low, high], ``ci_level``, ``equivalence_ci``, ``equivalence_ci_level``,
   ``p_value``; ``secondary_tests`` (the size of the secondary family);
+* ``original_configuration``: the secondary comparison at the original experiment's configuration
+  (arm_a, arm_b, n, difference, ci, ci_level, test, counting, p_value, p_holm, significant,
+  exploratory, equivalent, reason), or null when the sweep ran no runs there (``confirm.original_seeds``);
 * ``p_a_better``: P(a tuned arm_a beats a tuned arm_b) over paired replicates, ``p_a_better_ci``
   (at ``ci_level``);
 * ``replicates`` {arm: R}, ``seeds`` {arm: [runs per replicate]}, ``diverged``
@@ -30,7 +33,7 @@ verdict.json (``Conclusion.record``, schema_version 2; NaN is written as null):
 * ``data_source`` ("cifar10" | "synthetic" | "mixed" | "unknown"), ``synthetic_data``,
   ``official_cifar10``, ``data`` (per experiment: source, sizes, digest, official, warnings);
 * ``claims``: the verdict's sentences, exactly as in report.md and report.html;
-* ``comparisons``: every hypothesis (family, level, metric, counting, arms or configurations, n,
+* ``comparisons``: every hypothesis (family, level, stage, metric, counting, arms or configurations, n,
   estimate, interval and its level, test, p, Holm p, significant, exploratory, equivalent, reason).
 """
 
@@ -45,7 +48,7 @@ import pandas as pd
 
 from analysis import sequential
 from analysis.completeness import first_line
-from analysis.contract import FINISHED, USABLE, replicate_column
+from analysis.contract import FINISHED, ORIGINAL, USABLE, replicate_column
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
@@ -123,8 +126,14 @@ def _p_better(row, a: str, b: str, flip: bool, what: str = "P(a tuned {a} beats 
             f"{hi:.2f}, from {int(row['n'])} paired replicates)")
 
 
+TUNED_UNIT = ("a replicate is one whole tuning of an arm plus its confirmation seeds; only replicates "
+              "measure the luck of the search")
+ORIGINAL_UNIT = "a replicate is one data split, with its runs at the original configuration"
+
+
 def _activation_sentence(row, margin_points: float, seeds: dict[str, str],
-                         head: str = "Activation level", tag: str = "") -> str:
+                         head: str = "Activation level", tag: str = "", unit: str = TUNED_UNIT,
+                         better: str = "P(a tuned {a} beats a tuned {b})") -> str:
     a, b, label = row["arm_a"], row["arm_b"], LABELS.get(row["metric"], row["metric"])
     head = _head(row, head, tag)
     plural = "s" if margin_points != 1 else ""
@@ -134,15 +143,14 @@ def _activation_sentence(row, margin_points: float, seeds: dict[str, str],
             observed = (f" Observed, not tested: {a} - {b} = {_pts(row['estimate'])} points over "
                         f"{int(row['n'])} replicate{'s' if row['n'] != 1 else ''}.")
         return (f"{head}: the effect of {a} vs {b} on {label} is not established: {row['reason']} "
-                f"(a replicate is one whole tuning of an arm plus its confirmation seeds; only "
-                f"replicates measure the luck of the search).{observed}")
+                f"({unit}).{observed}")
     if row["significant"]:
         flip = row["estimate"] < 0
         win, lose = (b, a) if flip else (a, b)
         verb = "beats" if row.get("family") == "primary" else "scores higher than"
         return (f"{head}: {win} {verb} {lose} on {label} by {abs(100 * row['estimate']):.1f} points "
                 f"({_ci(row, signed=False, flip=flip)}; {_paired_n(row, seeds)}; "
-                f"{_family(row)}); {_p_better(row, win, lose, flip)}.")
+                f"{_family(row)}); {_p_better(row, win, lose, flip, better)}.")
     if row["equivalent"]:
         return (f"{head}: no difference larger than {margin_points:g} point{plural} in {label} between "
                 f"{a} and {b}: {a} - {b} = {_pts(row['estimate'])} points (TOST: the "
@@ -151,7 +159,7 @@ def _activation_sentence(row, margin_points: float, seeds: dict[str, str],
     return (f"{head}: the effect of {a} vs {b} on {label} is not established: {a} - {b} = "
             f"{_pts(row['estimate'])} points ({_ci(row)}; {_paired_n(row, seeds)}; {_family(row)}); "
             f"equivalence within ±{margin_points:g} point{plural} is not shown either (TOST); "
-            f"{_p_better(row, a, b, False)}.")
+            f"{_p_better(row, a, b, False, better)}.")
 
 
 def _gap_sentence(row, seeds: dict[str, str], head: str = "Activation level", tag: str = "") -> str:
@@ -287,6 +295,34 @@ def _edge_sentence(trials: pd.DataFrame, meta: dict | None) -> str | None:
     return (f"Search range warning: chosen learning rates within {EDGE_FRACTION:.0%} of an end of the "
             f"searched range [{lo:g}, {hi:g}] (log scale): {', '.join(parts)}. An optimum at or beyond the "
             f"edge is found less well than one inside it, so the range, not the activation, may decide.")
+
+
+def _original_head(trials: pd.DataFrame) -> str:
+    """"Original configuration (lr 0.001, 20 epochs; no search)": what its runs trained."""
+    t = trials[trials["stage"] == ORIGINAL]
+    parts = []
+    epochs = lambda x: f"{x:.0f} epoch{'' if x == 1 else 's'}"  # noqa: E731
+    for col, fmt in (("lr", "lr {:.3g}".format), ("epochs", epochs)):
+        v = pd.to_numeric(t[col], errors="coerce").dropna().unique() if col in t else []
+        if len(v):
+            parts.append(" or ".join(fmt(x) for x in sorted(v)))
+    return f"Original configuration ({', '.join(parts + ['no search'])})"
+
+
+def original_configuration(tests: pd.DataFrame) -> dict[str, Any] | None:
+    """The secondary comparison at the original configuration (verdict.json's
+    ``original_configuration``), or None when the sweep ran no such runs."""
+    rows = tests[(tests["stage"] == ORIGINAL)] if "stage" in tests else tests.iloc[:0]
+    if rows.empty:
+        return None
+    r = rows.iloc[0]
+    tested = bool(np.isfinite(r["p_value"]))
+    return {"arm_a": r["arm_a"], "arm_b": r["arm_b"], "n": int(r["n"]), "difference": r["estimate"],
+            "ci": [r["ci_low"], r["ci_high"]] if tested else None,
+            "ci_level": r["conf_level"] if tested else None,
+            "test": r["test"], "counting": r["counting"], "p_value": r["p_value"], "p_holm": r["p_holm"],
+            "significant": bool(r["significant"]), "exploratory": bool(r["exploratory"]),
+            "equivalent": bool(r["equivalent"]), "reason": r["reason"] or None}
 
 
 def _seed_counts(trials: pd.DataFrame, stage: str, statuses=(FINISHED,)) -> dict[str, list[int]]:
@@ -447,8 +483,14 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
         claims.append(_activation_sentence(row, margin_points, seeds, head, tag))
     if (p := _power_sentence(look)) is not None and has_confirm:
         claims.append(p)
+    original_head, original_seeds = _original_head(trials), \
+        {a: _range_text(v) for a, v in _seed_counts(trials, ORIGINAL, USABLE).items()}
     for _, row in tests[(tests["level"] == ACTIVATION) & ~tests["primary"]].iterrows():
-        if row["metric"] == metric:
+        if row.get("stage") == ORIGINAL:
+            claims.append(_activation_sentence(
+                row, margin_points, original_seeds, original_head, tag, ORIGINAL_UNIT,
+                "P({a} beats {b} at the original configuration)"))
+        elif row["metric"] == metric:
             claims.append(_activation_sentence(row, margin_points, seeds, head, tag))
         else:
             claims.append(_gap_sentence(row, seeds, head, tag))
@@ -515,6 +557,7 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
         "equivalence_ci_level": look["equivalence_ci_level"] if tested else None,
         "p_value": d0.get("p_value"),
         "secondary_tests": int((~tests["primary"] & tests["p_value"].notna()).sum()),
+        "original_configuration": original_configuration(tests),
         "p_a_better": d0.get("p_a_better"),
         "p_a_better_ci": [d0.get("p_a_better_low"), d0.get("p_a_better_high")] if d0 else None,
         "replicates": {a: int(reps.loc[reps["arm"] == a, "replicate"].nunique()) for a in arms},
@@ -527,10 +570,10 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
         "data": data["experiments"],
         "claims": claims,
         "comparisons": [
-            {k: r[k] for k in ("family", "level", "metric", "counting", "arm_a", "arm_b", "replicate",
-                               "param", "config_a", "config_b", "n", "estimate", "ci_low", "ci_high",
-                               "conf_level", "test", "p_value", "p_holm", "significant", "exploratory",
-                               "equivalent", "p_a_better", "reason")}
+            {k: r[k] for k in ("family", "level", "stage", "metric", "counting", "arm_a", "arm_b",
+                               "replicate", "param", "config_a", "config_b", "n", "estimate", "ci_low",
+                               "ci_high", "conf_level", "test", "p_value", "p_holm", "significant",
+                               "exploratory", "equivalent", "p_a_better", "reason")}
             for _, r in tests.iterrows()],
     }
     return Conclusion(tests=tests, claims=claims, record=_jsonable(record), divergence=div,

@@ -4,7 +4,8 @@ A stage is complete when each cell (arm x replicate) holds the trials the config
 each ended: in the search, ``search.num_samples`` trials per cell (per replicate in ``joint``
 mode) that finished, were stopped early, diverged or failed; in the confirmation,
 ``confirm.seeds`` trials per arm and replicate that finished or diverged (a failed confirmation
-trial is missing data). The replicates expected are ``range(R)`` for a fixed design, and for a
+trial is missing data), and as many runs at the original configuration as ``confirm.original_seeds``
+asks (stage ``original``). The replicates expected are ``range(R)`` for a fixed design, and for a
 sequential plan (``search.replicates: {min, max}``) every replicate up to the highest one started,
 at least ``min``: a sequential sweep that stopped after a decision at R is complete at R.
 
@@ -18,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.contract import CONFIRM, DIVERGED, FAILED, FINISHED, SEARCH, STOPPED_EARLY
+from analysis.contract import CONFIRM, DIVERGED, FAILED, FINISHED, ORIGINAL, SEARCH, STOPPED_EARLY
 
 SEARCH_ENDED = (FINISHED, STOPPED_EARLY, DIVERGED, FAILED)  # a search trial that ended, whatever its outcome
 CONFIRM_ENDED = (FINISHED, DIVERGED)                         # a confirmation trial whose result counts
@@ -101,6 +102,11 @@ def completeness(results) -> dict[str, Any]:
             seeds = _int(confirm.get("seeds"), 5)
             found += [_missing(CONFIRM, arm, rep, cell, seeds, CONFIRM_ENDED)
                       for arm, rep, cell in _cells(stage, arms, replicates, True)]
+            original = _int(confirm.get("original_seeds"), 0)
+            if original > 0 and search.get("enabled", True) is not False:
+                stage = mine[mine["stage"] == ORIGINAL]
+                found += [_missing(ORIGINAL, arm, rep, cell, original, CONFIRM_ENDED)
+                          for arm, rep, cell in _cells(stage, arms, replicates, True)]
         for entry in found:
             if entry is not None:
                 missing.append({**entry, "experiment": name} if several else entry)

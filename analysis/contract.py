@@ -26,6 +26,12 @@ SNAPSHOT_DIR = ".last-snapshot"  # <stage>/.last-snapshot/: a whole copy of Tune
 SEARCH, CONFIRM = "search", "confirm"
 STAGES = (SEARCH, CONFIRM)    # each a Ray Tune experiment directory of that name (the first batch of
                               # replicates), holding one per later replicate of a sequential plan
+# The original experiment's configuration (train.lr, the most epochs; confirm.original_seeds runs per
+# arm and replicate): a secondary estimand without search luck. Its runs live in the confirmation's
+# Tune experiment with "stage": ORIGINAL in their config, and are loaded as a stage of their own, so
+# the primary test, the looks and the confirmation's completeness never count them.
+ORIGINAL = "original"
+TRIAL_STAGES = (*STAGES, ORIGINAL)  # what a trial's config may name as its stage
 
 # --------------------------------------------------------------------------- trial statuses
 FINISHED = "finished"            # ran every planned epoch

@@ -13,7 +13,10 @@ candidates, seeds and data split) and retrains each replicate's tuned configurat
   winner. Equivalence is TOST at the same level: both one-sided tests of |difference| >= margin
   reject. Fewer than ``MIN_REPLICATES`` replicates, or differences without spread: no test.
 * **secondary family** (Holm within it; exploratory unless the primary is rejected): the same
-  comparison over finished runs only (survivors), the train-validation gap (at each arm's chosen
+  comparison over finished runs only (survivors); the comparison at the original experiment's
+  configuration (train lr and the most epochs, no search: runs of stage ``original``, when the
+  sweep ran them), a different estimand: the activations at one fixed setting, not tuned; the
+  train-validation gap (at each arm's chosen
   configuration and at matched epochs), the configuration level (Welch's t-test between two tuned
   configurations over seeds, within one replicate: a claim about those configurations only) and
   search sensitivity (Spearman's rho of validation accuracy with log10(lr), over EVERY search trial
@@ -32,7 +35,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.contract import DIVERGED, FINISHED, MARGIN_POINTS, STOPPED_EARLY, USABLE, replicate_column
+from analysis.contract import (
+    DIVERGED,
+    FINISHED,
+    MARGIN_POINTS,
+    ORIGINAL,
+    STOPPED_EARLY,
+    USABLE,
+    replicate_column,
+)
 from analysis.metrics import epoch_gap
 from analysis.stats import (
     ALPHA,
@@ -396,23 +407,28 @@ def decision_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, *, 
     run counted, alone at ``primary_alpha`` (default ``alpha``; a group-sequential look passes its
     nominal level, :mod:`analysis.sequential`), equivalence by TOST at ``equivalence_alpha``.
     ``metric`` defaults to :func:`analysis.summaries.primary_metric`. The secondary family, Holm-
-    adjusted together: the same test on finished runs only, the train-validation gap (at each arm's
+    adjusted together: the same test on finished runs only, the same test (every run counted) on
+    the runs at the original configuration when there are any (``stage`` ``"original"``: a
+    different estimand, no search), the train-validation gap (at each arm's
     chosen configuration, and at matched epochs when ``epochs`` is given and the arms trained for
     different lengths), the configuration level and search sensitivity (needs the search's
     per-epoch rows in ``epochs``). ``by`` names a column of independent analyses.
     """
     metric = metric or primary_metric(trials, stage)
     primary = activation_tests(trials, metric, stage, by, itt=True).assign(primary=True)
-    parts = [primary, activation_tests(trials, metric, stage, by),
-             activation_tests(trials, "final_gap", stage, by)]
+    parts = [primary, activation_tests(trials, metric, stage, by)]
+    if (trials["stage"] == ORIGINAL).any():
+        parts.append(activation_tests(trials, metric, ORIGINAL, by, itt=True).assign(stage=ORIGINAL))
+    parts.append(activation_tests(trials, "final_gap", stage, by))
     if epochs is not None and not epochs.empty:
         parts.append(matched_epoch_gap_tests(trials, epochs, stage, by))
     parts += [configuration_tests(trials, metric, stage, by), sensitivity_tests(trials, epochs, by)]
-    cols = TEST_COLUMNS + ["primary"]
+    cols = TEST_COLUMNS + ["primary", "stage"]
     parts = [p.reindex(columns=cols) for p in parts if len(p)]
     tests = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     tests["reason"] = tests["reason"].fillna("")
     tests["primary"] = tests["primary"].fillna(False).astype(bool)
+    tests["stage"] = tests["stage"].fillna(stage)
     out = finalize(tests, alpha, margin_points, primary_alpha, equivalence_alpha)
     if by:
         out = out.rename(columns={KEY: by})

@@ -19,8 +19,10 @@ A trial directory is one holding ``params.json`` or ``result.json``.
 
 * required: ``arm`` (string; ``activation`` is used when ``arm`` is absent) and ``seed``
   (integer; NaN with a note when absent);
-* ``stage``: ``"search"`` or ``"confirm"``; required in a bare Tune experiment (absent: counted
-  as ``"search"`` with a note); ignored under ``search/``/``confirm/``, whose name wins;
+* ``stage``: ``"search"``, ``"confirm"`` or ``"original"``; required in a bare Tune experiment
+  (absent: counted as ``"search"`` with a note); under ``search/``/``confirm/`` the directory's name
+  wins, except that a trial under ``confirm/`` naming ``"original"`` (a run at the original
+  configuration, ``confirm.original_seeds``) is loaded as stage ``"original"``;
 * ``replicate``: integer >= 0, the index of a repeated run of one configuration (0 when absent);
 * optional: ``activation``, ``kernel_initializer``, ``normalization``, ``validate_on``,
   ``source_trial`` (strings), ``lr``, ``epochs``, ``batch_size``, ``dropout`` (numbers).
@@ -83,6 +85,7 @@ from analysis._files import MAX_YAML_BYTES, Unreadable, load_yaml, parse_json, r
 from analysis.contract import (
     ACCURACY_COLUMNS,
     CONFIG_FILE,
+    CONFIRM,
     DATA_FILE,
     DIVERGED,
     EPOCH_COLUMNS,
@@ -92,10 +95,12 @@ from analysis.contract import (
     MAX_NAME,
     NAME_CHARS,
     NAME_PATTERN,
+    ORIGINAL,
     REPLICATE_DIR_PREFIX,
     SEARCH,
     STAGES,
     STOPPED_EARLY,
+    TRIAL_STAGES,
 )
 from analysis.metrics import trial_metrics
 
@@ -340,8 +345,11 @@ def _trial_config(config: dict, dir_stage: str) -> tuple[dict | None, str | None
         return None, ("no 'arm' (or 'activation') string in params.json" if arm is None
                       else f"'arm' is {type(arm).__name__}, expected a string"), problems
     stage = dir_stage or config.get("stage", SEARCH)
-    if stage not in STAGES:
-        return None, f"'stage' is {_text(repr(stage))[:40]}, expected 'search' or 'confirm'", problems
+    if dir_stage == CONFIRM and config.get("stage") == ORIGINAL:
+        stage = ORIGINAL  # a run at the original configuration, inside the confirmation's experiment
+    if stage not in TRIAL_STAGES:
+        return None, (f"'stage' is {_text(repr(stage))[:40]}, expected one of "
+                      f"{', '.join(repr(s) for s in TRIAL_STAGES)}"), problems
     replicate = config.get("replicate", 0)
     rep = _number(replicate) if not isinstance(replicate, bool) else None
     if rep is None or not math.isfinite(rep) or rep != int(rep) or rep < 0:

@@ -249,9 +249,11 @@ def _how_to_read(report: Report) -> str:
             f"boundaries. The t-test assumes roughly symmetric replicate differences (see the skew warning "
             f"when one stands out). Every other test ({rec.get('secondary_tests')} here) is secondary: "
             f"Holm-adjusted within its own family, each interval at its Holm step's level, and exploratory "
-            f"unless the primary test is rejected. The configuration level compares two tuned "
-            f"configurations over seeds within one replicate: it is about those configurations only. "
-            f"Every interval prints its level. Machine-readable: verdict.json.")
+            f"unless the primary test is rejected. The original configuration, when run "
+            f"(confirm.original_seeds), is another question: both activations at the original "
+            f"experiment's lr and epochs, untuned, with no search luck. The configuration level compares "
+            f"two tuned configurations over seeds within one replicate: it is about those configurations "
+            f"only. Every interval prints its level. Machine-readable: verdict.json.")
 
 
 def render_markdown(report: Report, results: Results, figures: dict[str, str]) -> str:

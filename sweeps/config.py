@@ -538,11 +538,13 @@ class ConfirmConfig(_Section):
     enabled: bool = True
     seeds: int = 5
     seed: int = 0                     # base of the confirmation seeds (never equal to a search seed)
+    original_seeds: int = 0           # runs per arm and replicate at the original configuration; 0 = none
 
     def __post_init__(self):
         if self.enabled:
             _at_least("confirm.seeds", self.seeds, 1, 1000)
         _seed("confirm.seed", self.seed)
+        _at_least("confirm.original_seeds", self.original_seeds, 0, 1000)
 
 
 @dataclass(frozen=True)
@@ -634,7 +636,8 @@ class SweepConfig(_Section):
         _at_least("max_failures", self.max_failures, 0, 100)
         total = self.search.num_samples * len(self.arms) * self.search.replicates if self.search.enabled \
             else 0
-        if total + self.confirm.seeds * len(self.arms) * self.search.replicates > MAX_TRIALS:
+        confirm_runs = self.confirm.seeds + self.confirm.original_seeds
+        if total + confirm_runs * len(self.arms) * self.search.replicates > MAX_TRIALS:
             raise ConfigError(f"search.num_samples x arms x replicates (+ confirmation trials) exceeds "
                               f"{MAX_TRIALS:,} trials; lower them")
         if self.search.enabled and self.data.validate_on == "test":
@@ -642,6 +645,10 @@ class SweepConfig(_Section):
                               "for a search (only a search-free reproduction may validate on test)")
         if not self.search.enabled and not self.confirm.enabled:
             raise ConfigError("search.enabled and confirm.enabled are both false: nothing to run")
+        if self.confirm.original_seeds and not (self.search.enabled and self.confirm.enabled):
+            raise ConfigError("confirm.original_seeds: runs at the original configuration sit beside the "
+                              "confirmation of a search; without a search or a confirmation set it to 0 "
+                              "(without a search the confirmation already runs the train settings)")
         if not self.search.enabled and self.search.replicates > 1:
             raise ConfigError("search.replicates: replicates repeat the tuning; without a search set it to 1 "
                               "(or raise confirm.seeds)")

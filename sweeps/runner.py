@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.contract import CONFIRM, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
+from analysis.contract import CONFIRM, ORIGINAL, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers, trust
 from sweeps.completion import (
     CompletionRecords,
@@ -346,9 +346,19 @@ def best_configs(cfg: SweepConfig, results, replicates=None) -> dict[str, dict[s
     return {cell: config for cell, (_, config) in best.items()}
 
 
+def original_config(cfg: SweepConfig, arm, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The original experiment's configuration for ``arm`` in ``chosen``'s replicate: the train
+    settings (lr, batch size, dropout: no searched value) and the most epochs a search trial may
+    train (``train.epochs``, at most ``search.max_epochs``), with the replicate's data split."""
+    return {**chosen, **cfg.base_trial_config(), **arm.settings(cfg.train),
+            "epochs": min(cfg.train.epochs, cfg.max_epochs()), "source_trial": ""}
+
+
 def confirm_configs(cfg: SweepConfig, best: dict[str, dict] | None, replicates=None) -> list[dict[str, Any]]:
     """Confirmation trials: each replicate's chosen config per arm x ``confirm.seeds`` seeds; seed k of
-    replicate r is the same for every arm (paired) and never a search seed."""
+    replicate r is the same for every arm (paired) and never a search seed. Then, with
+    ``confirm.original_seeds``, that many runs per arm and replicate at the original configuration
+    (:func:`original_config`; ``"stage": ORIGINAL``, their own paired seeds): a secondary estimand."""
     base = cfg.base_trial_config()
     out = []
     reps = (range(int(cfg.search.replicates)) if replicates is None else replicates) if best else (0,)
@@ -359,6 +369,9 @@ def confirm_configs(cfg: SweepConfig, best: dict[str, dict] | None, replicates=N
             for k in range(cfg.confirm.seeds):
                 out.append({**chosen, "seed": seeds.confirm_trial_seed(cfg.confirm.seed, rep, k),
                             "stage": CONFIRM, "evaluate_test": True})
+            for k in range(cfg.confirm.original_seeds if best else 0):
+                out.append({**original_config(cfg, arm, chosen), "evaluate_test": True, "stage": ORIGINAL,
+                            "seed": seeds.original_trial_seed(cfg.confirm.seed, rep, k)})
     return out
 
 

@@ -6,8 +6,8 @@ that the rules hold by construction:
   every arm, replicate ``r`` of every arm uses the same sampler seed and data split, and
   confirmation seed ``k`` of replicate ``r`` is the same for every arm;
 * search and confirmation trials never share a weight seed: search seeds lie in
-  ``[0, 2**30)``, confirmation seeds in ``[2**30, 2**31)``, whatever ``search.seed`` and
-  ``confirm.seed`` are (any value in ``[0, 2**31)``);
+  ``[0, 2**30)``, confirmation seeds (and those of the runs at the original configuration) in
+  ``[2**30, 2**31)``, whatever ``search.seed`` and ``confirm.seed`` are (any value in ``[0, 2**31)``);
 * every derived seed is below ``2**31``: safe for numpy, TensorFlow, JAX and Optuna.
 """
 
@@ -51,6 +51,13 @@ def search_trial_seed(search_seed: int, replicate: int, index: int) -> int:
 def confirm_trial_seed(confirm_seed: int, replicate: int, k: int) -> int:
     """Weight seed of confirmation seed ``k`` of replicate ``replicate``: shared across arms."""
     return HALF + _hash("confirm", confirm_seed, replicate, k)
+
+
+def original_trial_seed(confirm_seed: int, replicate: int, k: int) -> int:
+    """Weight seed of run ``k`` at the original configuration in replicate ``replicate``
+    (``confirm.original_seeds``): shared across arms, in the confirmation range, drawn apart from
+    the tuned configuration's seeds."""
+    return HALF + _hash("original", confirm_seed, replicate, k)
 
 
 def cell_of(config: dict, joint: bool = False) -> str:

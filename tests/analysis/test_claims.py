@@ -164,3 +164,42 @@ def test_a_chosen_lr_at_the_edge_of_the_range_is_warned_about():
                                                           "space": {"lr": {"low": 1e-4, "high": 1e-2}}}}}}
     line = next(s for s in conclude(t, e, meta).claims if s.startswith("Search range warning"))
     assert "selu (replicate 0: lr 0.00011)" in line and "the range, not the activation, may decide" in line
+
+
+def _with_original(t: pd.DataFrame, selu_ahead: float, rng: int = 0) -> pd.DataFrame:
+    """``t`` plus one run per arm and replicate at the original configuration (stage ``original``,
+    lr 1e-3, 20 epochs): selu ``selu_ahead`` ahead, with run noise shared within a replicate's pair."""
+    g = np.random.default_rng(rng)
+    first = t[t["stage"] == "confirm"].drop_duplicates(["arm", "replicate"])
+    noise = dict(zip(sorted(first["replicate"].unique()), g.normal(0, 0.01, first["replicate"].nunique())))
+    base = 0.60 + first["replicate"].map(noise) + g.normal(0, 0.002, len(first))
+    o = first.assign(stage="original", lr=1e-3, epochs=20.0, source_trial="", seed=first["seed"] + 7000,
+                     trial_id=first["trial_id"].astype(str) + "-original",
+                     final_test_accuracy=base + np.where(first["arm"] == "selu", selu_ahead, 0.0))
+    return pd.concat([t, o], ignore_index=True)
+
+
+def test_the_original_configuration_is_a_secondary_estimand_that_never_decides_the_primary():
+    t, e = _sweep(5, 0.0, rng=6)
+    plain = conclude(t, e, CIFAR)
+    c = conclude(_with_original(t, selu_ahead=0.03), e, CIFAR)
+    oc = c.record["original_configuration"]
+    # tested apart: every run counted, paired by replicate, in the secondary family (Holm), its level printed
+    assert oc["n"] == 5 and oc["difference"] == pytest.approx(-0.03, abs=0.003) and oc["arm_a"] == "relu"
+    assert oc["counting"].startswith("every run") and oc["ci"][1] < 0 and oc["significant"] is True
+    assert oc["exploratory"] is True  # the primary (tuned arms, no effect here) is not rejected
+    row = next(r for r in c.record["comparisons"] if r["stage"] == "original")
+    assert row["family"] == "secondary" and row["level"] == "activation"
+    line = next(s for s in c.claims if s.startswith("Original configuration"))
+    assert line.startswith(
+        "Original configuration (lr 0.001, 20 epochs, no search) (secondary, exploratory): selu scores "
+        "higher than relu on test accuracy by 2.9 points (99.4% CI 2.2 to 3.6; paired t-test on replicate "
+        "means, every run counted, R=5 replicates")
+    assert "secondary tests" in line and "P(selu beats relu at the original configuration) = 1.00" in line
+    assert "tuned" not in line
+    # the primary, the look and the decision are those of the tuned runs alone
+    for key in ("decision", "winner", "difference", "p_value", "replicates_run", "seeds", "ci"):
+        assert c.record[key] == plain.record[key], key
+    assert c.record["secondary_tests"] == plain.record["secondary_tests"] + 1
+    assert plain.record["original_configuration"] is None
+    assert not any(s.startswith("Original configuration") for s in plain.claims)

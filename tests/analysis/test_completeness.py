@@ -119,3 +119,32 @@ def test_completeness_reads_a_real_loaded_experiment(tmp_path):
     report = completeness(results)
     assert {(m["arm"], m["replicate"], m["missing"]) for m in report["missing"]} == \
         {("relu", 0, 1), ("selu", 0, 1)}
+
+
+def test_runs_at_the_original_configuration_are_counted_apart_when_the_config_plans_them(tmp_path):
+    """Through load_results: a run under confirm/ whose config names stage "original" is loaded as
+    stage "original" (never as a confirmation seed), and confirm.original_seeds plans one per arm and
+    replicate: the missing one is named under its own stage."""
+    from tests.analysis.handmade import result_rows, write_state, write_trial
+
+    exp = make_experiment(tmp_path, search_per_arm=2, replicates=1)
+    config = {"arm": "relu", "activation": "relu", "lr": 1e-3, "epochs": 3, "batch_size": 100, "seed": 77,
+              "stage": "original", "replicate": 0, "source_trial": "", "evaluate_test": True}
+    tdir = write_trial(exp / "confirm", "cccc0000", config, result_rows("cccc0000", config, 3, quality=0.6,
+                                                                        test=True, start=0.0))
+    states = sorted((exp / "confirm").glob("experiment_state-*.json"))
+    write_state(exp / "confirm", [(p.parent.name.split("_")[2], p.parent, "TERMINATED")
+                                  for p in (exp / "confirm").glob("*/params.json")])
+    assert len(states) == 1 and tdir.is_dir()
+    results = load_results([exp])
+    t = results.trials
+    assert t.loc[t["trial_id"] == "cccc0000", "stage"].tolist() == ["original"]
+    assert (t["stage"] == "confirm").sum() == 2 and (t["stage"] == "original").sum() == 1
+    meta = results.meta["exp"]["config"]
+    meta["search"] = {"num_samples": 2, "replicates": 1}
+    meta["confirm"] = {"seeds": 1}
+    assert completeness(results)["complete"]  # not planned: extra runs are not missing anything
+    meta["confirm"] = {"seeds": 1, "original_seeds": 1}
+    report = completeness(results)
+    assert [(m["stage"], m["arm"], m["replicate"], m["missing"]) for m in report["missing"]] == \
+        [("original", "selu", 0, 1)]

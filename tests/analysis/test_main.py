@@ -506,7 +506,7 @@ CASES = [
     (params_arm_dict, 0, "'arm' is dict, expected a string; trial skipped"),
     (params_replicate_text, 0, "'replicate' is 'first', expected an integer >= 0"),
     (params_lr_text, 0, "'lr' is str, expected a number"),
-    (params_unknown_stage_bare, 0, "'stage' is 'final', expected 'search' or 'confirm'"),
+    (params_unknown_stage_bare, 0, "'stage' is 'final', expected one of 'search', 'confirm', 'original'"),
     (params_directory, 0, "params.json: is a directory"),
     (params_lone_surrogate, 0, None),
     (state_corrupt, 0, "not valid JSON; trial statuses taken from an older state file"),

@@ -264,19 +264,36 @@ def test_each_cells_best_trial_is_chosen_and_objective_best_confirms_at_its_best
 
 
 def test_identical_arms_end_to_end_name_no_winner(ray_local, tmp_path):
-    """relu against relu under another name, a real (tiny) replicated sweep: no activation winner."""
+    """relu against relu under another name, a real (tiny) replicated sweep: no activation winner; the
+    runs at the original configuration are run, loaded and tested as their own, secondary estimand."""
     from sweeps.config import load_config
     from sweeps.runner import RunOptions, run_sweep
 
     cfg = load_config(CONFIG_DIR / "smoke.yaml", [
         f"storage_path={tmp_path}", "name=twins", "arms=[{name: relu, activation: relu}, "
         "{name: relu-again, activation: relu}]", "search.replicates=3", "search.num_samples=1",
-        "search.max_epochs=1", "confirm.seeds=3"])
+        "search.max_epochs=1", "confirm.seeds=3", "confirm.original_seeds=1", "train.lr=0.002"])
     exp = Path(run_sweep(cfg, RunOptions()))
     record = json.loads((exp / "report" / "verdict.json").read_text())
     assert record["unit"] == "replicate" and record["replicates"] == {"relu": 3, "relu-again": 3}
     assert record["winner"] is None, record["claims"]
     assert record["synthetic_data"] is True and "SYNTHETIC" in record["claims"][0]
+    # the runs at the original configuration: in the confirmation's experiment, trained at train.lr and
+    # the most epochs, their own seeds paired across arms, and tested apart (secondary), never in the primary
+    original = [p for p in _params(exp, "confirm") if p["stage"] == "original"]
+    tuned = [p for p in _params(exp, "confirm") if p["stage"] == "confirm"]
+    assert len(original) == 6 and len(tuned) == 18
+    assert {(p["lr"], p["epochs"], p["source_trial"]) for p in original} == {(0.002, 1, "")}
+    for r in range(3):
+        seeds_by_arm = {a: {p["seed"] for p in original if p["replicate"] == r and p["arm"] == a}
+                        for a in ("relu", "relu-again")}
+        assert seeds_by_arm["relu"] == seeds_by_arm["relu-again"] and len(seeds_by_arm["relu"]) == 1
+    assert not {p["seed"] for p in original} & {p["seed"] for p in tuned}
+    oc = record["original_configuration"]
+    assert oc["n"] == 3 and oc["test"] == "paired t-test on replicate means" and record["complete"] is True
+    assert record["seeds"] == {"relu": [3, 3, 3], "relu-again": [3, 3, 3]}  # the primary: tuned runs only
+    assert any(c.startswith("Original configuration (lr 0.002, 1 epoch, no search) (secondary")
+               for c in record["claims"]), record["claims"]
 
 
 LOAD_WITHOUT_PROJECT = r"""
