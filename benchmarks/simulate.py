@@ -154,7 +154,7 @@ def simulate(n_experiments: int, replicates: int, seeds: int = 5, trials: int = 
 # trial with the best validation accuracy, at the epoch of that best; confirmation retrains it over
 # K seeds (seed k shared across arms) and measures test accuracy.
 
-DESIGN = dict(lr_low=-4.0, lr_high=-2.0, max_epochs=30, grace_period=1, reduction_factor=3,
+DESIGN = dict(lr_low=-4.0, lr_high=-2.0, max_epochs=30, grace_period=1, reduction_factor=3, halving="async",
               peak=0.66, lr_star=1e-3, epochs_star=20.0, curvature_lr=0.30, rise=0.15, decline=0.04,
               trial_sd=0.016, seed_sd=0.006, epoch_sd=0.004, seed_corr=0.3, noise_scale=1.0)
 # Noise parameters, fitted to the real default.yaml runs (benchmarks/README.md): the replicate
@@ -203,6 +203,29 @@ def asha_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_facto
             recorded[m][reach, i] = v[reach]
             stop[stopped, i] = m
             alive &= ~stopped
+    return stop
+
+
+def sync_halving_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
+                             max_t: int) -> np.ndarray:
+    """Epochs each trial trains under SYNCHRONOUS successive halving (not what the sweep runs: a
+    what-if for the ASHA target of issue 15): every trial of a cell trains to a rung, then only the
+    best ``max(1, floor(n / rf))`` of the ``n`` still running go on, at every rung; no trial is
+    exempt. A trial that ended on its own (NaN) ranks last."""
+    cells, trials, _ = best_so_far.shape
+    ends = np.isnan(best_so_far)
+    stop = np.where(ends.any(-1), ends.argmax(-1), max_t)
+    alive = stop >= 1
+    for m in asha_rungs(max_t, grace_period, reduction_factor):
+        if m >= max_t:
+            break
+        reach = alive & (stop >= m)
+        v = np.where(reach, np.nan_to_num(best_so_far[:, :, m - 1], nan=-np.inf), -np.inf)
+        keep = np.maximum(1, np.floor(reach.sum(1) / reduction_factor)).astype(int)
+        rank = np.argsort(np.argsort(-v, axis=1, kind="stable"), axis=1)
+        cut = reach & (rank >= keep[:, None])
+        stop[cut] = np.minimum(stop[cut], m)
+        alive = reach & ~cut
     return stop
 
 
@@ -281,7 +304,8 @@ def _simulate_chunk(g, E, R, K, T, effect, crn, lr_star_b, epochs_star_b, bad_co
         val = np.where(after, np.nan, val)
     best = np.fmax.accumulate(val, axis=-1)
     best = np.where(np.isnan(val), np.nan, best)
-    trained = asha_stop_epochs(best.reshape(E * R * A, T, M), p["grace_period"], p["reduction_factor"], M)
+    halving = {"async": asha_stop_epochs, "sync": sync_halving_stop_epochs}[p["halving"]]
+    trained = halving(best.reshape(E * R * A, T, M), p["grace_period"], p["reduction_factor"], M)
     trained = trained.reshape(shape)
     mask = epoch <= trained[..., None]
     seen = np.where(mask & ~np.isnan(val), val, -np.inf)
