@@ -28,7 +28,7 @@ from analysis import plots
 from analysis.claims import conclude
 from analysis.compare import UNPAIRED_TEST, separate_replicates, unpaired_tests
 from analysis.completeness import completeness
-from analysis.contract import CONFIRM, SEARCH
+from analysis.contract import CONFIRM, ORIGINAL, SEARCH
 from analysis.decision import (
     ACTIVATION,
     CONFIGURATION,
@@ -164,6 +164,8 @@ def _tests_table(tests: pd.DataFrame, level: str) -> pd.DataFrame:
                        **{"a - b (points)": _points(r["estimate"])})
         else:
             note = f" ({r['epochs_note']})" if isinstance(r["epochs_note"], str) and r["epochs_note"] else ""
+            if r.get("stage") == ORIGINAL:
+                note += " (at the original configuration, no search)"
             row.update(metric=row["metric"] + note, a=r["arm_a"], b=r["arm_b"], replicates=int(r["n"]),
                        **{"a - b (points)": _points(r["estimate"])})
         row.update(CI=_interval(r["ci_low"], r["ci_high"], scale, fmt),

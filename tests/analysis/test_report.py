@@ -154,3 +154,16 @@ def test_cli_writes_the_report(smoke_sweep, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "verdict.json").exists()
+
+
+def test_the_activation_table_marks_the_original_configurations_row():
+    from analysis.claims import conclude
+    from analysis.decision import ACTIVATION
+    from analysis.report import _tests_table
+    from tests.analysis.test_claims import CIFAR, _sweep, _with_original
+
+    t, e = _sweep(5, 0.0, rng=6)
+    table = _tests_table(conclude(_with_original(t, selu_ahead=0.03), e, CIFAR).tests, ACTIVATION)
+    marked = table[table["metric"].str.endswith("(at the original configuration, no search)")]
+    assert len(marked) == 1 and marked.iloc[0]["family"] == "secondary, exploratory"
+    assert marked.iloc[0]["counting"].startswith("every run") and marked.iloc[0]["verdict"] == "significant"
