@@ -298,7 +298,7 @@ def _edge_sentence(trials: pd.DataFrame, meta: dict | None) -> str | None:
 
 
 def _original_head(trials: pd.DataFrame) -> str:
-    """"Original configuration (lr 0.001, 20 epochs; no search)": what its runs trained."""
+    """"Original configuration (lr 0.001, 20 epochs, no search)": what its runs trained."""
     t = trials[trials["stage"] == ORIGINAL]
     parts = []
     epochs = lambda x: f"{x:.0f} epoch{'' if x == 1 else 's'}"  # noqa: E731
