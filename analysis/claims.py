@@ -312,7 +312,7 @@ def _original_head(trials: pd.DataFrame) -> str:
 def original_configuration(tests: pd.DataFrame) -> dict[str, Any] | None:
     """The secondary comparison at the original configuration (verdict.json's
     ``original_configuration``), or None when the sweep ran no such runs."""
-    rows = tests[(tests["stage"] == ORIGINAL)] if "stage" in tests else tests.iloc[:0]
+    rows = tests[tests["stage"] == ORIGINAL]
     if rows.empty:
         return None
     r = rows.iloc[0]

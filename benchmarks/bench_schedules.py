@@ -9,7 +9,7 @@ trains, each arm's mean true accuracy of the chosen configuration (search qualit
 mean of the replicate differences, at the model's noise and at the real run's spread, with and
 without selu's optimum at the range's edge (lr 1e-4).
 
-    python benchmarks/bench_schedules.py                 # 4,000 experiments per row, ~1 min
+    python benchmarks/bench_schedules.py                 # 4,000 experiments per row, ~5 s on 2 CPUs
     python benchmarks/bench_schedules.py --smoke-test    # seconds; tests/benchmarks
 """
 

@@ -369,8 +369,9 @@ def confirm_configs(cfg: SweepConfig, best: dict[str, dict] | None, replicates=N
             for k in range(cfg.confirm.seeds):
                 out.append({**chosen, "seed": seeds.confirm_trial_seed(cfg.confirm.seed, rep, k),
                             "stage": CONFIRM, "evaluate_test": True})
+            original = original_config(cfg, arm, chosen) if best else {}
             for k in range(cfg.confirm.original_seeds if best else 0):
-                out.append({**original_config(cfg, arm, chosen), "evaluate_test": True, "stage": ORIGINAL,
+                out.append({**original, "evaluate_test": True, "stage": ORIGINAL,
                             "seed": seeds.original_trial_seed(cfg.confirm.seed, rep, k)})
     return out
 
