@@ -255,14 +255,19 @@ def _parse_space(raw: Any, key: str) -> tuple[ParamSpec, ...]:
     return tuple(specs)
 
 
+HALVINGS = ("sync", "async")      # search.early_stopping.halving
+
+
 @dataclass(frozen=True)
 class EarlyStoppingConfig(_Section):
     KEY: ClassVar[str] = "search.early_stopping"
     enabled: bool = True
-    grace_period: int = 1             # epochs before ASHA may stop a trial (benchmarks/README.md, ASHA)
-    reduction_factor: int = 3
+    halving: str = "sync"             # sync: trials wait at each rung for their cell | async: Ray's ASHA
+    grace_period: int = 1             # epochs before a trial may be stopped (the first rung)
+    reduction_factor: int = 3         # the best 1/rf of a rung go on
 
     def __post_init__(self):
+        _one_of(f"{self.KEY}.halving", self.halving, HALVINGS)
         _at_least(f"{self.KEY}.grace_period", self.grace_period, 1, MAX_EPOCHS)
         _at_least(f"{self.KEY}.reduction_factor", self.reduction_factor, 2, 100)
 
@@ -649,6 +654,13 @@ class SweepConfig(_Section):
             raise ConfigError("confirm.original_seeds: runs at the original configuration sit beside the "
                               "confirmation of a search; without a search or a confirmation set it to 0 "
                               "(without a search the confirmation already runs the train settings)")
+        es = self.search.early_stopping
+        if self.search.enabled and es.enabled and es.halving == "sync" \
+                and self.resources.max_concurrent_trials is not None:
+            raise ConfigError("resources.max_concurrent_trials: Tune's cap counts the trials waiting at a "
+                              "rung of synchronous halving and would stop the search; bound concurrency with "
+                              "resources.cpus_per_trial or gpus_per_trial, or set "
+                              "search.early_stopping.halving: async")
         if not self.search.enabled and self.search.replicates > 1:
             raise ConfigError("search.replicates: replicates repeat the tuning; without a search set it to 1 "
                               "(or raise confirm.seeds)")

@@ -192,6 +192,7 @@ class ArmOptunaSearch(OptunaSearch):
         self._objective = objective
         self._index_of: dict[str, int] = {}  # Tune trial id -> its index in this cell
         self._last_step: dict[str, int] = {}  # Tune trial id -> last step reported to Optuna
+        self._last_result: dict[str, dict] = {}  # Tune trial id -> its last result, for a stop without one
         super().__init__(space=space, **kwargs)
 
     def _setup_study(self, mode):
@@ -244,6 +245,7 @@ class ArmOptunaSearch(OptunaSearch):
         super().on_trial_result(trial_id, result)
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._last_step[trial_id] = int(result["training_iteration"])
+            self._last_result[trial_id] = dict(result)
 
     def _record_last(self, trial_id: str, result: dict) -> None:
         """Report the trial's last value (Tune passes no ``on_trial_result`` for the result on
@@ -265,6 +267,10 @@ class ArmOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if not error and not result:
+            # Tune stops a paused trial (cut at a rung of synchronous halving) without its result.
+            result = self._last_result.get(trial_id)
+        self._last_result.pop(trial_id, None)
         if not error and result:
             self._record_last(trial_id, result)
         if not error and stopped_early(result):
@@ -343,46 +349,228 @@ class StratifiedSearch(Searcher):
         return {c: s.study for c, s in self._searchers.items()}
 
 
+def halving_rungs(max_t: int, grace_period: int, reduction_factor: int) -> list[int]:
+    """The epochs at which successive halving judges a trial: ``grace_period * rf**k`` below
+    ``max_t`` (Ray's ASHA rungs, without the one at ``max_t``, where a trial ends anyway)."""
+    rungs, m = [], grace_period
+    while m < max_t:
+        rungs.append(m)
+        m *= reduction_factor
+    return rungs
+
+
+# Ray 2.60's TuneController.stop_trial of a trial with no actor (a paused one) sets it TERMINATED
+# but returns before marking it for the next experiment snapshot, which then still says PAUSED
+# (seen in tests/sweeps/test_runner.py's halving sweep). The scheduler marks it through these.
+TUNE_CONTROLLER_PRIVATE = ("_tune_controller", "_mark_trial_to_checkpoint")
+
+
+def _mark_for_snapshot(tune_controller, trial) -> None:
+    controller = getattr(tune_controller, TUNE_CONTROLLER_PRIVATE[0], tune_controller)
+    mark = getattr(controller, TUNE_CONTROLLER_PRIVATE[1], None)
+    if mark is not None:
+        mark(trial)
+
+
+class SyncHalvingCell:
+    """Synchronous successive halving over one cell's ``size`` trials: every trial trains to a
+    rung and waits there (Tune PAUSE: its checkpoint of that epoch is kept, its actor freed);
+    when every trial of the cell has reached the rung or ended, the best
+    ``max(1, floor(n / reduction_factor))`` of the ``n`` that reached it go on and the others end
+    there (PRUNED in Optuna, ``stopped_early`` in the results). No trial is exempt: unlike Ray's
+    asynchronous ASHA, the first trial to reach a rung waits for the rest. A trial that diverged at
+    a rung ranks last there; ties go to the trial added first.
+
+    All state is rebuilt from the trials' last results when Tune restores an experiment
+    (:meth:`add`): a trial past a rung was promoted there, one whose last epoch is a rung waits
+    (it is put back to PAUSED, not PENDING, so Tune does not start it), and a trial that ended at
+    a rung keeps its value there. The promotions made before the kill are then made again, from
+    the same values, because every trial promoted at a rung ranked above every one that was not.
+    """
+
+    def __init__(self, size: int, rungs: list[int], reduction_factor: int, metric: str, mode: str):
+        self.size, self.rungs, self.rf = size, list(rungs), reduction_factor
+        self.metric, self.sign = metric, (1.0 if mode == "max" else -1.0)
+        self.trials: dict[str, Any] = {}  # trial id -> Trial, in the order added
+        self.values: dict[int, dict[str, float]] = {m: {} for m in self.rungs}  # rung -> id -> value
+        self.promoted: dict[int, set[str]] = {}  # decided rung -> ids that went on
+        self.gone: set[str] = set()  # ids Tune reported ended (complete, removed, failed for good)
+
+    def _value(self, result: dict) -> float:
+        value = result.get(self.metric)
+        if result.get("diverged") == 1.0 or value is None or not math.isfinite(float(value)):
+            return -math.inf
+        return self.sign * float(value)
+
+    def add(self, trial) -> None:
+        self.trials[trial.trial_id] = trial
+        last = trial.last_result or {}
+        epoch = int(last.get("epoch") or 0)
+        for m in self.rungs:
+            if m < epoch:
+                self.values[m][trial.trial_id] = math.inf  # it went on: promoted there
+            elif m == epoch:
+                self.values[m][trial.trial_id] = self._value(last)
+        if trial.status == "PENDING" and epoch in self.rungs and last.get("diverged") != 1.0:
+            trial.set_status("PAUSED")  # restored while waiting at a rung: not Tune's to start
+
+    def _ended(self, trial_id: str) -> bool:
+        return trial_id in self.gone or self.trials[trial_id].status in ("TERMINATED", "ERROR")
+
+    def waiting(self, trial) -> bool:
+        """A paused trial that must not run yet: waiting at an undecided rung, or cut there."""
+        epoch = int((trial.last_result or {}).get("epoch") or 0)
+        return epoch in self.rungs and trial.trial_id not in self.promoted.get(epoch, ())
+
+    def result(self, trial, result: dict) -> str:
+        """Tune's decision for ``trial`` on ``result``."""
+        epoch = int(result.get("epoch") or 0)
+        if epoch not in self.rungs:
+            return TrialScheduler.CONTINUE
+        self.values[epoch][trial.trial_id] = self._value(result)
+        if result.get("diverged") == 1.0:
+            return TrialScheduler.CONTINUE  # it ends on its own, ranked last here
+        if epoch not in self.promoted:
+            return TrialScheduler.PAUSE  # until the rest of the cell reaches this rung
+        return TrialScheduler.CONTINUE if trial.trial_id in self.promoted[epoch] else TrialScheduler.STOP
+
+    def decide(self) -> list[str]:
+        """Decide every rung that is complete, in order; return the ids of trials cut there that
+        are still live (the caller stops them, or says STOP to the one reporting)."""
+        cut = []
+        if len(self.trials) < self.size:
+            return cut
+        for m in self.rungs:
+            if m in self.promoted:
+                continue
+            reached = self.values[m]
+            if not all(t in reached or self._ended(t) for t in self.trials):
+                break
+            order = list(self.trials)
+            ranked = sorted(reached, key=lambda t: (-reached[t], order.index(t)))
+            keep = max(1, int(len(ranked) // self.rf))
+            self.promoted[m] = set(ranked[:keep])
+            cut += [t for t in ranked[keep:] if not self._ended(t)]
+            logger.debug("successive halving at epoch %d: %d of %d go on", m, keep, len(ranked))
+        return cut
+
+
 class PerCellScheduler(FIFOScheduler):
-    """Routes each trial to its own cell's ASHA instance (keyed by :func:`cell_of` its config)."""
+    """Routes each trial to its own cell's successive halving (keyed by :func:`cell_of` its
+    config): synchronous (:class:`SyncHalvingCell`, ``halving="sync"``) or Ray's asynchronous
+    ASHA (``halving="async"``)."""
 
     def __init__(self, cells: list[str], metric: str, mode: str, max_t: int, grace_period: int,
-                 reduction_factor: int, joint: bool = False):
+                 reduction_factor: int, *, halving: str, joint: bool = False, cell_size: int = 0):
         super().__init__()
-        self._metric, self._mode, self._joint = metric, mode, joint
-        self._by_cell = {cell: AsyncHyperBandScheduler(time_attr="training_iteration", metric=metric,
-                                                        mode=mode, max_t=max_t, grace_period=grace_period,
-                                                        reduction_factor=reduction_factor)
-                         for cell in cells}
+        self._metric, self._mode, self._joint, self._halving = metric, mode, joint, halving
+        if halving == "sync":
+            rungs = halving_rungs(max_t, grace_period, reduction_factor)
+            self._sync = {cell: SyncHalvingCell(cell_size, rungs, reduction_factor, metric, mode)
+                          for cell in cells}
+            self._by_cell = {}
+        else:
+            self._sync = {}
+            self._by_cell = {cell: AsyncHyperBandScheduler(time_attr="training_iteration", metric=metric,
+                                                            mode=mode, max_t=max_t, grace_period=grace_period,
+                                                            reduction_factor=reduction_factor)
+                             for cell in cells}
+        self._busy = False  # deciding: the stops it makes call back into on_trial_remove
+
+    def _cell(self, trial) -> SyncHalvingCell | None:
+        return self._sync.get(cell_of(trial.config, self._joint))
+
+    def _decide(self, tune_controller, cell: SyncHalvingCell, current=None) -> bool:
+        """Decide ``cell``'s complete rungs and stop the trials cut there; True when ``current``
+        (the trial reporting) is among them, for the caller to say STOP."""
+        if self._busy:
+            return False
+        self._busy = True
+        try:
+            stop_current = False
+            for trial_id in cell.decide():
+                trial = cell.trials[trial_id]
+                if trial is current:
+                    stop_current = True
+                else:
+                    tune_controller.stop_trial(trial)
+                    _mark_for_snapshot(tune_controller, trial)
+            return stop_current
+        finally:
+            self._busy = False
+
+    def choose_trial_to_run(self, tune_controller):
+        for cell in self._sync.values():  # a restore, or a trial ended: rungs may be complete now
+            self._decide(tune_controller, cell)
+        for trial in tune_controller.get_trials():
+            if trial.status == "PENDING":
+                return trial
+        for trial in tune_controller.get_trials():
+            if trial.status == "PAUSED":
+                cell = self._cell(trial)
+                if cell is None or not cell.waiting(trial):
+                    return trial
+        return None
 
     def _for(self, trial) -> TrialScheduler:
         return self._by_cell.get(cell_of(trial.config, self._joint), self._fallback)
 
     @property
     def _fallback(self) -> TrialScheduler:
-        return next(iter(self._by_cell.values()))
+        return next(iter(self._by_cell.values())) if self._by_cell else FIFOScheduler()
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         if (metric, mode) == (self._metric, self._mode):  # TuneConfig names the metric it was built with
             return True
+        if self._sync:
+            return False
         return all(s.set_search_properties(metric, mode, **spec) for s in self._by_cell.values())
 
     def on_trial_add(self, tune_controller, trial):
-        self._for(trial).on_trial_add(tune_controller, trial)
+        if (cell := self._cell(trial)) is not None:
+            cell.add(trial)
+        elif not self._sync:
+            self._for(trial).on_trial_add(tune_controller, trial)
+
+    def _ended(self, tune_controller, trial) -> None:
+        if (cell := self._cell(trial)) is not None:
+            cell.gone.add(trial.trial_id)
+            self._decide(tune_controller, cell)
 
     def on_trial_error(self, tune_controller, trial):
-        self._for(trial).on_trial_error(tune_controller, trial)
+        # Tune calls this on a failure it retries too (the trial is then PENDING again): only a
+        # trial that stays ERROR has ended, which SyncHalvingCell reads off its status.
+        if self._cell(trial) is None and not self._sync:
+            self._for(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
+        if (cell := self._cell(trial)) is not None:
+            decision = cell.result(trial, result)
+            if decision == TrialScheduler.PAUSE and self._decide(tune_controller, cell, current=trial):
+                return TrialScheduler.STOP
+            if decision == TrialScheduler.PAUSE and int(result.get("epoch") or 0) in cell.promoted:
+                return TrialScheduler.CONTINUE  # its report completed the rung, and it goes on
+            return decision
+        if self._sync:
+            return TrialScheduler.CONTINUE
         return self._for(trial).on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial, result):
-        self._for(trial).on_trial_complete(tune_controller, trial, result)
+        if self._sync:
+            self._ended(tune_controller, trial)
+        else:
+            self._for(trial).on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial):
-        self._for(trial).on_trial_remove(tune_controller, trial)
+        if self._sync:
+            self._ended(tune_controller, trial)
+        else:
+            self._for(trial).on_trial_remove(tune_controller, trial)
 
     def debug_string(self) -> str:
+        if self._sync:
+            return "; ".join(f"{cell}: synchronous halving, rungs decided {sorted(c.promoted)}"
+                             for cell, c in self._sync.items())
         return "; ".join(f"{cell}: {s.debug_string()}" for cell, s in self._by_cell.items())
 
 
@@ -450,8 +638,9 @@ def total_search_trials(cfg: SweepConfig, replicates: Iterable[int] | None = Non
 
 
 def make_scheduler(cfg: SweepConfig, replicates: Iterable[int] | None = None):
-    """ASHA per cell (arm x replicate, or replicate when joint) toward ``search.max_epochs``;
-    FIFO when early stopping is off."""
+    """Successive halving per cell (arm x replicate, or replicate when joint) toward
+    ``search.max_epochs``, synchronous or asynchronous (``search.early_stopping.halving``); FIFO
+    when early stopping is off."""
     es = cfg.search.early_stopping
     if not es.enabled:
         return FIFOScheduler()
@@ -459,4 +648,5 @@ def make_scheduler(cfg: SweepConfig, replicates: Iterable[int] | None = None):
     cells = [cell_of({"arm": a.name, "replicate": r}, joint) for r in _replicates(cfg, replicates)
              for a in (cfg.arms[:1] if joint else cfg.arms)]
     return PerCellScheduler(cells, metric=cfg.search.metric, mode="max", max_t=cfg.max_epochs(),
-                            grace_period=es.grace_period, reduction_factor=es.reduction_factor, joint=joint)
+                            grace_period=es.grace_period, reduction_factor=es.reduction_factor, joint=joint,
+                            halving=es.halving, cell_size=cfg.search.num_samples)

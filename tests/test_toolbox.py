@@ -352,7 +352,7 @@ def test_per_cell_scheduler_takes_the_tuneconfig_metric_it_was_built_with():
     from sweeps.search import PerCellScheduler
 
     scheduler = PerCellScheduler(["relu/r0", "selu/r0"], metric="val_accuracy", mode="max", max_t=4,
-                                 grace_period=1, reduction_factor=2)
+                                 grace_period=1, reduction_factor=2, halving="async")
     assert scheduler.set_search_properties("val_accuracy", "max")
     assert not scheduler.set_search_properties("val_loss", "min")  # Tune then says: conflicting metric
 

@@ -204,6 +204,96 @@ def test_sigkill_of_the_driver_in_the_confirmation_then_resume_loses_nothing(tmp
     _resume_and_check(tmp_path, finished, search_trials=1, seeds=3)
 
 
+def _halving_outcome(exp: Path) -> dict[str, tuple]:
+    """Per search cell: the epochs each trial recorded (sorted), and whether the one trial that went
+    on past epoch 1 had the best value of its cell at epoch 1 (ties: the trial made first)."""
+    cells: dict[str, dict[str, list[dict]]] = {}
+    for params in (exp / "search").glob("*/params.json"):
+        config = json.loads(params.read_text())
+        result = params.parent / "result.json"
+        lines = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        cells.setdefault(f"{config['arm']}/r{config['replicate']}", {})[params.parent.name] = lines
+    out = {}
+    for cell, rows in cells.items():
+        epochs = sorted(tuple(r["epoch"] for r in lines) for lines in rows.values())
+        at_1 = {name: lines[0]["best_val_accuracy"] for name, lines in rows.items()}
+        went_on = [name for name, lines in rows.items() if len(lines) > 1]
+        out[cell] = (epochs, len(went_on) == 1 and at_1[went_on[0]] == max(at_1.values()))
+    return out
+
+
+_SYNC_ARGS = ["search.replicates=1", "search.num_samples=3", "search.max_epochs=3", "confirm.seeds=1",
+              "search.early_stopping.enabled=true", "search.early_stopping.halving=sync",
+              "search.early_stopping.grace_period=1", "search.early_stopping.reduction_factor=3"]
+
+
+def test_sync_halving_in_a_real_sweep_runs_the_best_at_each_rung_on_and_prunes_the_rest(ray_local, tmp_path):
+    """Three trials per cell, a rung at epoch 1: every trial waits there (PAUSE) for its cell, then
+    the best one (floor(3/3) = 1) is restored from its checkpoint and trains to epoch 3, the other
+    two end at epoch 1: PRUNED in Optuna with their value and epochs, stopped_early in the results.
+    Warm actors on (the shipped mode), so paused and restored trials pass through reused actors."""
+    from sweeps.runner import REUSE_ACTORS, RunOptions, run_sweep
+
+    assert REUSE_ACTORS
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={tmp_path}", "name=halving", *_SYNC_ARGS])
+    exp = Path(run_sweep(cfg, RunOptions()))
+    outcome = _halving_outcome(exp)
+    assert set(outcome) == {"relu/r0", "selu/r0"}
+    for cell, (epochs, best_went_on) in outcome.items():
+        assert epochs == [(1.0,), (1.0,), (1.0, 2.0, 3.0)], (cell, epochs)
+        assert best_went_on, cell
+    for study in _studies(exp).values():
+        states = sorted(t.state.name for t in study.trials)
+        assert states == ["COMPLETE", "PRUNED", "PRUNED"], states
+        for t in study.trials:
+            assert t.user_attrs["epochs_trained"] == (3 if t.state.name == "COMPLETE" else 1)
+            assert sorted(t.intermediate_values) == ([1, 2, 3] if t.state.name == "COMPLETE" else [1])
+    trials = load_results([exp]).trials
+    search = trials[trials["stage"] == "search"]
+    assert sorted(search["status"]) == ["finished"] * 2 + ["stopped_early"] * 4
+    assert (trials[trials["stage"] == "confirm"]["status"] == "finished").all()
+
+
+def test_sigkill_while_trials_wait_at_a_rung_then_resume_makes_the_same_promotions(tmp_path):
+    """Killed once at least 3 search trials have recorded epoch 1 (so some wait, paused, at the rung),
+    then resumed: every trial's epochs are recorded once and the cell's best at epoch 1 (and only it)
+    trained on, as in an uninterrupted run."""
+    args = ["--config", CONFIG_DIR / "smoke.yaml", "--name", "killed", "--no-report",
+            "--storage-path", tmp_path,
+            *[a for kv in _SYNC_ARGS for a in ("--set", kv)]]
+    cmd, env = _cli(*args)
+    stage_dir = tmp_path / "killed" / "search"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 900  # the guard against a hang, not a speed test
+        while time.time() < deadline and proc.poll() is None:
+            if sum(1 for p in stage_dir.glob("*/result.json") if p.stat().st_size) >= 3:
+                time.sleep(2)
+                break
+            time.sleep(0.5)
+        assert proc.poll() is None, "the sweep ended before it could be killed; make it longer"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    cmd, env = _cli("--name", "killed", "--storage-path", tmp_path, "--resume", "--no-report")
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    (tmp_path / "resume.log").write_text(resumed.stdout + resumed.stderr)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    exp = tmp_path / "killed"
+    for name, seen in _epochs_by_trial(exp / "search").items():
+        assert seen == sorted(set(seen)), f"{name} ran an epoch twice: {seen}"
+    outcome = _halving_outcome(exp)
+    assert set(outcome) == {"relu/r0", "selu/r0"}
+    for cell, (epochs, best_went_on) in outcome.items():
+        assert epochs == [(1.0,), (1.0,), (1.0, 2.0, 3.0)], (cell, epochs)
+        assert best_went_on, cell
+    for study in _studies(exp).values():
+        assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "PRUNED", "PRUNED"]
+    trials = load_results([exp]).trials
+    assert len(trials[trials["stage"] == "confirm"]) == 2
+    runs = [json.loads(line)["mode"] for line in (exp / "runs.jsonl").read_text().splitlines()]
+    assert runs == ["start", "resume"]
+
+
 def test_a_corrupt_experiment_state_or_study_database_is_exit_2(tmp_path):
     """A damaged sweep directory is a clear error on --resume, not a traceback."""
     exp = tmp_path / "killed"

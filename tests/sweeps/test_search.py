@@ -14,11 +14,13 @@ from sweeps import seeds
 from sweeps.config import load_config
 from sweeps.search import (
     OPTUNA_SEARCH_PRIVATE,
+    TUNE_CONTROLLER_PRIVATE,
     ArmOptunaSearch,
     DesignSampler,
     PerCellScheduler,
     StratifiedSearch,
     chosen_epochs,
+    halving_rungs,
     make_scheduler,
     make_searcher,
     optuna_distributions,
@@ -132,7 +134,9 @@ def test_every_trial_trains_toward_max_epochs():
     cfg = _cfg("search.max_epochs=12")
     config = make_searcher(cfg, storage=None).suggest("a")
     assert config["epochs"] == 12 and "epochs" not in {p.name for p in cfg.search.space}
-    assert make_scheduler(cfg)._by_cell["relu/r0"]._max_t == 12
+    assert make_scheduler(cfg)._sync["relu/r0"].rungs == [1, 3, 9]
+    asynchronous = make_scheduler(_cfg("search.max_epochs=12", "search.early_stopping.halving=async"))
+    assert asynchronous._by_cell["relu/r0"]._max_t == 12
 
 
 @pytest.mark.parametrize("search_seed", [0, 43, 10_000, 2**31 - 1])
@@ -226,7 +230,7 @@ def test_per_cell_asha_treats_the_arms_alike_first_trial_at_a_rung_included():
     design point in every arm. The same results in two cells get the same decisions, whatever
     the other cell records (here selu's values are all higher, interleaved with relu's)."""
     scheduler = PerCellScheduler(["relu/r0", "selu/r0"], metric="best_val_accuracy", mode="max", max_t=9,
-                                 grace_period=1, reduction_factor=3)
+                                 grace_period=1, reduction_factor=3, halving="async")
     curve = {0: [0.2, 0.25, 0.3], 1: [0.1, 0.12, 0.13], 2: [0.3, 0.4, 0.5], 3: [0.15, 0.2, 0.25]}
     events = [((arm, i), epoch, value + (0.4 if arm == "selu" else 0.0))
               for i in range(4) for epoch, value in zip((1, 3, 9), curve[i]) for arm in ("relu", "selu")]
@@ -236,6 +240,197 @@ def test_per_cell_asha_treats_the_arms_alike_first_trial_at_a_rung_included():
     assert relu == selu
     assert relu[:3] == ["CONTINUE", "CONTINUE", "STOP"], "trial 0 (first at every rung) runs to max_t"
     assert "STOP" in relu[3:6], "a weak later trial is stopped"
+
+
+class _FakeTrial:
+    """The parts of a Tune ``Trial`` the synchronous halving reads."""
+
+    def __init__(self, trial_id, arm, status="PENDING", last_result=None):
+        self.trial_id, self.config = trial_id, {"arm": arm, "replicate": 0}
+        self.status, self.last_result = status, dict(last_result or {})
+
+    def set_status(self, status):
+        self.status = status
+
+
+class _FakeController:
+    """Tune's controller as the scheduler sees it: the trials, and stop_trial (which calls back
+    into the scheduler's on_trial_remove for a paused trial, as Tune's does)."""
+
+    def __init__(self):
+        self.trials, self.stopped = [], []
+        self.scheduler = None
+
+    def get_trials(self):
+        return list(self.trials)
+
+    def stop_trial(self, trial):
+        self.stopped.append(trial.trial_id)
+        self.scheduler.on_trial_remove(self, trial)
+        trial.status = "TERMINATED"
+
+
+def _sync(cells=("relu/r0", "selu/r0"), size=8, max_t=9, grace=1, rf=3):
+    scheduler = PerCellScheduler(list(cells), metric="best_val_accuracy", mode="max", max_t=max_t,
+                                 grace_period=grace, reduction_factor=rf, halving="sync", cell_size=size)
+    controller = _FakeController()
+    controller.scheduler = scheduler
+    return scheduler, controller
+
+
+def _report(scheduler, controller, trial, epoch, value, **extra):
+    """One result, as Tune handles it: the decision, then the trial's state after it."""
+    result = {"epoch": float(epoch), "training_iteration": epoch, "best_val_accuracy": value, **extra}
+    trial.status = "RUNNING"
+    decision = scheduler.on_trial_result(controller, trial, result)
+    trial.last_result = result
+    if decision == "PAUSE":
+        trial.status = "PAUSED"
+    elif decision == "STOP":
+        scheduler.on_trial_complete(controller, trial, result)
+        trial.status = "TERMINATED"
+    return decision
+
+
+def _added(scheduler, controller, arm, n, prefix=""):
+    trials = [_FakeTrial(f"{prefix}{arm}{i}", arm) for i in range(n)]
+    for t in trials:
+        controller.trials.append(t)
+        scheduler.on_trial_add(controller, t)
+    return trials
+
+
+def test_halving_rungs_stop_below_max_t():
+    assert halving_rungs(20, 1, 3) == [1, 3, 9]
+    assert halving_rungs(9, 1, 3) == [1, 3]
+    assert halving_rungs(20, 3, 3) == [3, 9]
+    assert halving_rungs(3, 3, 3) == []
+
+
+def test_sync_halving_holds_every_trial_first_one_included_until_the_cell_reaches_the_rung():
+    """No trial is exempt: trial 0 waits at epoch 1 like the others. When the 8th arrives, the best
+    floor(8/3) = 2 go on (the reporting one too, if it is among them) and the rest end at epoch 1."""
+    scheduler, controller = _sync()
+    trials = _added(scheduler, controller, "relu", 8)
+    values = [0.30, 0.10, 0.50, 0.20, 0.15, 0.12, 0.11, 0.40]
+    decisions = [_report(scheduler, controller, t, 1, v) for t, v in zip(trials, values)]
+    assert decisions == ["PAUSE"] * 7 + ["CONTINUE"], "the last one to arrive (0.40) is in the top 2"
+    assert sorted(controller.stopped) == ["relu0", "relu1", "relu3", "relu4", "relu5", "relu6"]
+    assert trials[2].status == "PAUSED", "promoted while paused: waits for Tune to restart it"
+    assert scheduler.choose_trial_to_run(controller) is trials[2]
+    # At epoch 3 the two survivors meet again: floor(2/3) -> at least 1 goes on.
+    assert _report(scheduler, controller, trials[7], 3, 0.45) == "PAUSE"
+    trials[2].status = "RUNNING"
+    assert _report(scheduler, controller, trials[2], 3, 0.55) == "CONTINUE"
+    assert controller.stopped[-1] == "relu7"
+    assert [_report(scheduler, controller, trials[2], e, 0.6) for e in range(4, 10)] == ["CONTINUE"] * 6
+
+
+def test_sync_halving_cut_trial_is_stopped_when_its_report_completes_the_rung():
+    scheduler, controller = _sync(size=3)
+    trials = _added(scheduler, controller, "relu", 3)
+    assert [_report(scheduler, controller, t, 1, v) for t, v in zip(trials, [0.5, 0.4, 0.3])] == \
+        ["PAUSE", "PAUSE", "STOP"]
+    assert controller.stopped == ["relu1"] and trials[0].status == "PAUSED"
+    assert scheduler.choose_trial_to_run(controller) is trials[0]
+
+
+def test_sync_halving_treats_the_arms_alike_whatever_the_other_cell_records():
+    scheduler, controller = _sync()
+    relu, selu = _added(scheduler, controller, "relu", 8), _added(scheduler, controller, "selu", 8)
+    values = [0.30, 0.10, 0.50, 0.20, 0.15, 0.12, 0.11, 0.40]
+    decisions = {"relu": [], "selu": []}
+    for i, v in enumerate(values):  # interleaved; selu's values all higher than any of relu's
+        decisions["relu"].append(_report(scheduler, controller, relu[i], 1, v))
+        decisions["selu"].append(_report(scheduler, controller, selu[i], 1, v + 0.4))
+    assert decisions["relu"] == decisions["selu"]
+    assert sorted(t[4:] for t in controller.stopped if t.startswith("relu")) == \
+        sorted(t[4:] for t in controller.stopped if t.startswith("selu"))
+
+
+def test_a_trial_diverged_at_a_rung_ends_on_its_own_and_ranks_last():
+    scheduler, controller = _sync(size=3, rf=2)
+    trials = _added(scheduler, controller, "relu", 3)
+    assert _report(scheduler, controller, trials[0], 1, 0.9, diverged=1.0) == "CONTINUE"
+    scheduler.on_trial_complete(controller, trials[0], trials[0].last_result)
+    trials[0].status = "TERMINATED"
+    assert _report(scheduler, controller, trials[1], 1, 0.2) == "PAUSE"
+    assert _report(scheduler, controller, trials[2], 1, 0.1) == "STOP", "floor(3/2) = 1 goes on: trial 1"
+    assert controller.stopped == [] and trials[1].status == "PAUSED"
+
+
+def test_a_trial_that_fails_for_good_before_the_rung_does_not_hold_it_up():
+    scheduler, controller = _sync(size=3)
+    trials = _added(scheduler, controller, "relu", 3)
+    assert _report(scheduler, controller, trials[0], 1, 0.3) == "PAUSE"
+    assert _report(scheduler, controller, trials[1], 1, 0.4) == "PAUSE"
+    trials[2].status = "ERROR"  # Tune: on_trial_error, then ERROR (a retried one goes back to PENDING)
+    scheduler.on_trial_error(controller, trials[2])
+    assert scheduler.choose_trial_to_run(controller) is trials[1], "decided at the next step"
+    assert controller.stopped == ["relu0"]
+
+
+def test_a_rung_waits_for_trials_the_searcher_has_not_made_yet():
+    scheduler, controller = _sync(size=3)
+    trials = _added(scheduler, controller, "relu", 2)
+    assert [_report(scheduler, controller, t, 1, v) for t, v in zip(trials, [0.3, 0.4])] == ["PAUSE", "PAUSE"]
+    assert scheduler.choose_trial_to_run(controller) is None and controller.stopped == []
+
+
+def test_a_restored_sync_halving_makes_the_same_promotions_and_starts_no_waiting_trial():
+    """Tune restores every unfinished trial as PENDING and would start it. The scheduler rebuilds
+    its rungs from the trials' last results: a trial past a rung went on there, one whose last epoch
+    is a rung waits (PAUSED again), one cut there keeps its value; the decision is then remade."""
+    # Before the kill: rung 1 of relu decided (relu2 and relu7 went on; relu7 reached epoch 2),
+    # and selu's rung 1 half full.
+    ended = "TERMINATED"
+    state = {"relu0": (ended, 1, 0.30), "relu1": (ended, 1, 0.10), "relu2": ("PENDING", 1, 0.50),
+             "relu3": (ended, 1, 0.20), "relu4": (ended, 1, 0.15), "relu5": (ended, 1, 0.12),
+             "relu6": (ended, 1, 0.11), "relu7": ("PENDING", 2, 0.40),
+             **{f"selu{i}": ("PENDING", 1, 0.1 * i) for i in range(5)},
+             **{f"selu{i}": ("PENDING", 0, None) for i in range(5, 8)}}
+    scheduler, controller = _sync()
+    for trial_id, (status, epoch, value) in state.items():
+        last = {"epoch": float(epoch), "best_val_accuracy": value} if epoch else {}
+        trial = _FakeTrial(trial_id, trial_id[:4], status, last)
+        controller.trials.append(trial)
+        scheduler.on_trial_add(controller, trial)
+    status = {t.trial_id: t.status for t in controller.trials}
+    assert status["relu2"] == "PAUSED" and status["relu7"] == "PENDING"
+    assert [status[f"selu{i}"] for i in range(8)] == ["PAUSED"] * 5 + ["PENDING"] * 3
+    # Tune starts the PENDING ones first (relu7, then selu5..7); relu2 is chosen once they run.
+    assert scheduler.choose_trial_to_run(controller).trial_id == "relu7"
+    assert controller.stopped == [], "the cut trials had ended; nothing is cut twice"
+    for t in controller.trials:
+        if t.status == "PENDING":
+            t.status = "RUNNING"
+    assert scheduler.choose_trial_to_run(controller).trial_id == "relu2", "promoted before the kill"
+    assert scheduler._sync["relu/r0"].promoted[1] == {"relu2", "relu7"}
+    assert 1 not in scheduler._sync["selu/r0"].promoted
+
+
+def test_a_paused_trial_cut_without_a_result_is_pruned_with_its_last_value_and_epochs():
+    """Tune's stop_trial of a paused trial tells the searcher no result: it uses the last one."""
+    searcher = make_searcher(_cfg("search.num_samples=1"), storage=None)
+    config = searcher.suggest("a")
+    cell = f"{config['arm']}/r0"
+    result = {"epoch": 1.0, "target_epochs": 20.0, "training_iteration": 1, "best_val_accuracy": 0.3,
+              "best_epoch": 1.0, "diverged": 0.0}
+    searcher.on_trial_result("a", result)
+    searcher.on_trial_complete("a")
+    trial = searcher.studies[cell].trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert trial.intermediate_values == {1: 0.3} and trial.user_attrs["epochs_trained"] == 1
+
+
+def test_the_private_tune_controller_attributes_the_halving_relies_on_exist():
+    import inspect
+
+    from ray.tune.execution.tune_controller import TrialRunnerWrapper, TuneController
+
+    wrapper_attr, mark = TUNE_CONTROLLER_PRIVATE
+    assert f"self.{wrapper_attr} = " in inspect.getsource(TrialRunnerWrapper.__init__)
+    assert callable(getattr(TuneController, mark, None))
 
 
 def test_the_private_optuna_search_attributes_we_rely_on_exist():
@@ -277,7 +472,7 @@ def test_asha_stop_is_marked_as_stopped_early_end_to_end(ray_local, tiny_dataset
                                metric="val_accuracy", mode="max", objective="final",
                                points_to_evaluate=[{"arm": "relu", "lr": 3e-3}, {"arm": "relu", "lr": 1e-7}])
     scheduler = PerCellScheduler(["relu/r0", "selu/r0"], metric="val_accuracy", mode="max", max_t=3,
-                                 grace_period=1, reduction_factor=2)
+                                 grace_period=1, reduction_factor=2, halving="async")
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(train_cnn, data=tiny_dataset), {"cpu": 1}),
         param_space={"epochs": 3},
