@@ -13,10 +13,11 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
   arms, so a reused actor that leaked Keras state into the next trial would change its metrics:
   the last column compares each B trial's val_accuracy with the same seed's A trial.
 * ``asha``: the same seeded search (``sweeps.runner.run_sweep``, search stage only, default.yaml's
-  design: trial i has the same lr and seed in every arm and in both runs) with early stopping off
-  and on. Epochs trained, trials stopped early, and each arm's best val_accuracy (at its best
-  epoch) among finished trials with the (lr, epochs) it chose: what the sweep confirms. Target:
-  within 1 point in both arms using <= 40% of the epochs.
+  design: trial i has the same lr and seed in every arm and in every run) with early stopping off,
+  then under each ``--schedule HALVING,GRACE,RF`` (default: default.yaml's; repeat the flag to
+  compare several against the one run without). Epochs trained, trials stopped early, and each
+  arm's best val_accuracy (at its best epoch) among finished trials with the (lr, epochs) it
+  chose: what the sweep confirms. Target: within 1 point in both arms using <= 40% of the epochs.
 * ``gpu-packing``: k = 1, 2, 4, 8 training loops (``trainable.train.train_loop``, plain Keras 3, no
   Ray) in k processes sharing one GPU (each capped at 1/k of its memory, as a sweep with
   ``gpus_per_trial: 1/k`` does), on synthetic full-size data (45,000 images), under
@@ -31,6 +32,7 @@ Three benchmarks, each printing a table and a ratio against a baseline measured 
 
     python benchmarks/bench_sweep.py overhead [--trials 20] [--pairs 2] [--epochs 1] [--images 5000]
     python benchmarks/bench_sweep.py asha [--data-dir DIR] [--num-samples T] [--max-epochs E] [--images 2000]
+                                          [--schedule sync,1,3 --schedule async,1,3]
     python benchmarks/bench_sweep.py gpu-packing [--k 1,2,4,8] [--backends jax,tensorflow] [--images 45000]
     python benchmarks/bench_sweep.py replicate --old-tree DIR --data-dir DIR [--config NAME] [--pairs 1]
     python benchmarks/bench_sweep.py {overhead,asha,gpu-packing,replicate} --smoke-test
@@ -87,7 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.add_argument("--num-samples", type=int, help="trials per arm (default: default.yaml's)")
     a.add_argument("--images", type=int, default=2000, help="training images (default 2000)")
     a.add_argument("--max-epochs", type=int, help="search.max_epochs (default: default.yaml's)")
-    a.add_argument("--grace", type=int, help="ASHA grace period (default: default.yaml's)")
+    a.add_argument("--grace", type=int, help="grace period of the default schedule (default: default.yaml's)")
+    a.add_argument("--schedule", action="append", default=[], metavar="HALVING,GRACE,RF",
+                   help="early stopping to measure, e.g. sync,1,3 or async,1,3; repeat to compare "
+                        "several (default: default.yaml's halving, grace period and reduction factor)")
     a.add_argument("--seed", type=int, default=0, help="search.seed (default 0)")
     a.add_argument("--concurrency", type=int, default=2, help="CPUs for Ray, 1 per trial (default 2)")
 
@@ -144,6 +149,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             if not named or not (tree / "sweeps" / "configs" / args.config).is_file():
                 raise UsageError(f"--config {args.config!r}: not a file in {tree}/sweeps/configs/; "
                                  "give the name of a config both trees ship, e.g. default.yaml")
+    if args.bench == "asha":
+        args.schedule = [_schedule(text) for text in args.schedule]
     if args.data_dir and not os.path.exists(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such file or directory; "
                          "make one with ../shared/tools/cifar10_to_batches.py or drop the flag")
@@ -268,14 +275,34 @@ def overhead(args: argparse.Namespace) -> int:
 # 2. ASHA's saving
 
 
-def asha_config(args: argparse.Namespace, storage: str, early_stopping: bool):
+def _schedule(text: str) -> tuple[str, int, int]:
+    """``--schedule HALVING,GRACE,RF``, e.g. ``sync,1,3``."""
+    from sweeps.config import HALVINGS
+
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        halving, grace, rf = parts[0], int(parts[1]), int(parts[2])
+        if len(parts) != 3 or halving not in HALVINGS or grace < 1 or rf < 2:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise UsageError(f"--schedule {text!r}: use HALVING,GRACE,RF with HALVING one of "
+                         f"{', '.join(HALVINGS)}, GRACE >= 1 and RF >= 2, e.g. sync,1,3") from None
+    return halving, grace, rf
+
+
+def asha_config(args: argparse.Namespace, storage: str, schedule: tuple[str, int, int] | None):
+    """The bench's search config: early stopping off (``schedule`` None), under ``schedule``
+    (halving, grace period, reduction factor), or under default.yaml's (``()``)."""
     from sweeps.config import DEFAULT_CONFIG, ConfigError, parse_config, read_yaml
 
     sets = ["search.replicates=1", f"search.seed={args.seed}",
-            f"search.early_stopping.enabled={str(early_stopping).lower()}", "confirm.enabled=false",
+            f"search.early_stopping.enabled={str(schedule is not None).lower()}", "confirm.enabled=false",
             f"data.val_size={args.val}", "resources.cpus_per_trial=1"]
+    halving, grace, rf = schedule or (None, None, None)
     for key, value in (("search.num_samples", args.num_samples), ("search.max_epochs", args.max_epochs),
-                       ("search.early_stopping.grace_period", args.grace)):
+                       ("search.early_stopping.grace_period", grace or args.grace),
+                       ("search.early_stopping.halving", halving),
+                       ("search.early_stopping.reduction_factor", rf)):
         if value is not None:  # else default.yaml's value
             sets.append(f"{key}={value}")
     if args.data_dir:
@@ -285,7 +312,8 @@ def asha_config(args: argparse.Namespace, storage: str, early_stopping: bool):
         sets += ["data.source=synthetic", f"data.synthetic.train={args.images + args.val}",
                  "data.synthetic.test=100"]
         flags = {}
-    flags.update(name=f"asha_{'on' if early_stopping else 'off'}", storage_path=storage)
+    flags.update(name="es_" + ("_".join(map(str, schedule)) if schedule else "off" if schedule is None
+                               else "default"), storage_path=storage)
     try:
         return parse_config(read_yaml(DEFAULT_CONFIG), sets, flags)
     except ConfigError as exc:
@@ -318,32 +346,39 @@ def asha(args: argparse.Namespace) -> int:
     from sweeps.runner import run_sweep
     from trainable.cifar10 import DataError
 
-    cfg = asha_config(args, "results", True)  # bad input fails here, before Ray starts
+    schedules = args.schedule
+    if not schedules:  # default.yaml's, with --grace if given
+        es = asha_config(args, "results", ()).search.early_stopping
+        schedules = [(es.halving, es.grace_period, es.reduction_factor)]
+    for schedule in schedules:
+        cfg = asha_config(args, "results", schedule)  # bad input fails here, before Ray starts
     ray = start_local_ray(args.concurrency)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             dataset = None
-            for enabled in (False, True):
-                cfg = asha_config(args, tmp, enabled)
+            for schedule in (None, *schedules):
+                cfg = asha_config(args, tmp, schedule)
                 try:
                     dataset = sweep_data(cfg) if dataset is None else dataset
                 except DataError as exc:
                     raise UsageError(str(exc)) from None
                 with Clock() as clock, contextlib.redirect_stdout(sys.stderr):
                     path = run_sweep(cfg, RunOptions(skip_confirm=True, report=False), dataset=dataset)
-                rows.append(("ASHA" if enabled else "no early stopping", clock.wall, search_summary(path)))
+                name = "{} g{} rf{}".format(*schedule) if schedule else "no early stopping"
+                rows.append((name, clock.wall, search_summary(path)))
     finally:
         ray.shutdown()
 
     base = rows[0][2]
     arms = sorted(base["best"])
-    s, es = cfg.search, cfg.search.early_stopping
+    s = cfg.search
     shown = next(iter(dataset.values())) if isinstance(dataset, dict) else dataset  # one per split
     print(f"# {shown.source}: {len(shown.y_train)} train / {len(shown.y_val)} val images; "
           f"default.yaml search (lr from the shared Sobol design, objective {s.objective}), 1 replicate, "
-          f"{s.num_samples} trials per arm toward {s.max_epochs} epochs, search.seed {s.seed}, ASHA grace "
-          f"{es.grace_period} reduction {es.reduction_factor}; {args.concurrency} trials at once; "
+          f"{s.num_samples} trials per arm toward {s.max_epochs} epochs, search.seed {s.seed}; rows: "
+          f"HALVING (sync or async successive halving) gGRACE rfREDUCTION; {args.concurrency} trials "
+          f"at once; "
           f"{machine_line()}")
     print("| run                | wall s | trials | stopped early | epochs trained | epochs vs off | "
           + " | ".join(f"best val_acc {a}" for a in arms) + " | "
@@ -362,12 +397,14 @@ def asha(args: argparse.Namespace) -> int:
         chosen = " | ".join(f"{picks[a]:>{22 + len(a)}}" for a in arms)
         print(f"| {name:<18} | {wall:6.1f} | {r['trials']:6d} | {r['stopped']:13d} | {r['epochs']:14d} | "
               f"{ratio:13.2f} | {best} | {diff} | {chosen} |")
-    on = rows[1][2]
-    ratio = on["epochs"] / base["epochs"]
-    worst = min(100 * (on["best"].get(a, math.nan) - base["best"][a]) for a in arms)
-    print(f"ASHA trained {ratio:.2f} of the epochs (target <= 0.40); worst best-val-acc change "
-          f"{worst:+.2f} points (target >= -1)")
-    return 0 if math.isfinite(ratio) and ratio > 0 else 1
+    ok = True
+    for name, _, on in rows[1:]:
+        ratio = on["epochs"] / base["epochs"]
+        worst = min(100 * (on["best"].get(a, math.nan) - base["best"][a]) for a in arms)
+        print(f"{name} trained {ratio:.2f} of the epochs (target <= 0.40); worst best-val-acc change "
+              f"{worst:+.2f} points (target >= -1)")
+        ok = ok and math.isfinite(ratio) and ratio > 0
+    return 0 if ok else 1
 
 
 # --------------------------------------------------------------------------------------------

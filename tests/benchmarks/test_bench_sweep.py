@@ -46,18 +46,28 @@ def test_overhead_smoke_prints_fixed_cost_and_duty_cycle_for_both_arms():
 
 
 def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopping():
-    out = _run("asha", "--smoke-test")
+    """Both halvings against one run without early stopping (3 trials per arm, a rung at epoch 1)."""
+    out = _run("asha", "--smoke-test", "--schedule", "sync,1,3", "--schedule", "async,1,3")
     assert out.returncode == 0, out.stderr[-3000:]
     (off,) = _cells(out.stdout, "no early stopping")
-    (on,) = _cells(out.stdout, "ASHA")
+    (sync,) = _cells(out.stdout, "sync g1 rf3")
+    (asynchronous,) = _cells(out.stdout, "async g1 rf3")
     assert int(off[3]) == 0  # nothing stopped early without a scheduler
-    assert int(on[4]) <= int(off[4])  # ASHA never trains more epochs than the same search without it
-    for row in (off, on):
+    for on in (sync, asynchronous):
+        assert int(on[4]) <= int(off[4])  # early stopping never trains more epochs than the search without it
+    # Synchronous: per arm, the best of 3 at epoch 1 goes on to 4 epochs, the other 2 stop: 2 x (4 + 1 + 1).
+    assert int(sync[3]) == 4 and int(sync[4]) == 12, sync
+    for row in (off, sync, asynchronous):
         _positive(row[1]), _positive(row[4])
         accs = [float(v) for v in row[6:8]]
         assert all(0 <= a <= 1 for a in accs), row
-    match = re.search(r"ASHA trained ([0-9.]+) of the epochs", out.stdout)
-    assert match and 0 < float(match.group(1)) <= 1
+    match = re.search(r"sync g1 rf3 trained ([0-9.]+) of the epochs", out.stdout)
+    assert match and float(match.group(1)) == round(12 / 24, 2)
+
+
+def test_asha_refuses_a_malformed_schedule_before_ray_starts():
+    out = _run("asha", "--smoke-test", "--schedule", "sync,0,3")
+    assert out.returncode == 2 and "--schedule 'sync,0,3'" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_gpu_packing_smoke_runs_on_cpu_with_one_and_two_loops_per_backend():
