@@ -3,9 +3,10 @@
 
 Each simulated experiment is a two-arm sweep of the stratified search design
 (``benchmarks/simulate.py:simulate_design``): per replicate, T trials per arm on shared
-quasi-random lr candidates and shared trial seeds (common random numbers), asynchronous successive
-halving on every trial (Ray's ``_Bracket`` rule, checked against Ray's own code at the start of
-every run), the best-epoch objective, and K confirmation seeds per arm (seed k shared). Its noise
+quasi-random lr candidates and shared trial seeds (common random numbers), successive halving on
+every trial as default.yaml runs it (synchronous: checked against the sweep's own
+``SyncHalvingCell``, or asynchronous: Ray's ``_Bracket`` rule, checked against Ray's own code, at
+the start of every run), the best-epoch objective, and K confirmation seeds per arm (seed k shared). Its noise
 parameters are fitted to the real default.yaml runs: the sd of a replicate difference is 1.15
 points when candidates and seeds are drawn independently per arm (``crn`` = no), 87% of its
 variance from the search (see benchmarks/README.md).
@@ -47,6 +48,7 @@ from benchmarks.simulate import (  # noqa: E402
     confirm_frame,
     replicate_differences_points,
     simulate_design,
+    sync_halving_stop_epochs,
 )
 
 ALPHA = 0.05
@@ -89,8 +91,77 @@ def shipped_design() -> tuple[int, int, dict]:
     es = cfg.search.early_stopping
     design = dict(lr_low=float(np.log10(lr.low)), lr_high=float(np.log10(lr.high)),
                   max_epochs=cfg.search.max_epochs, grace_period=es.grace_period,
-                  reduction_factor=es.reduction_factor)
+                  reduction_factor=es.reduction_factor, halving=es.halving)
     return cfg.search.num_samples, cfg.confirm.seeds, design
+
+
+def _random_curves(design: dict, cells: int, trials: int, seed: int) -> np.ndarray:
+    g = np.random.default_rng(seed)
+    best = np.fmax.accumulate(g.random((cells, trials, design["max_epochs"])), axis=-1)
+    best[: cells // 4, 1, 5:] = np.nan  # some trials end on their own (diverged) at epoch 5
+    return best
+
+
+def check_sync_against_sweep(design: dict, cells: int = 60, trials: int = 8, seed: int = 0) -> int:
+    """Compare :func:`sync_halving_stop_epochs` with the sweep's own ``SyncHalvingCell`` (the code
+    ``search.early_stopping.halving: sync`` runs) on random curves, each trial of a cell training
+    an epoch in turn, waiting where the cell says PAUSE and stopping where it says STOP or cuts it;
+    returns the number of cells checked. Raises on a mismatch."""
+    from ray.tune.schedulers import TrialScheduler
+
+    from sweeps.search import SyncHalvingCell, halving_rungs
+
+    class _T:  # the parts of a Tune Trial the cell reads
+        def __init__(self, i):
+            self.trial_id, self.status, self.last_result = str(i), "RUNNING", {}
+
+        def set_status(self, status):
+            self.status = status
+
+    m, grace, rf = design["max_epochs"], design["grace_period"], design["reduction_factor"]
+    best = _random_curves(design, cells, trials, seed)
+    ours = sync_halving_stop_epochs(best, grace, rf, m)
+    for c in range(cells):
+        cell = SyncHalvingCell(trials, halving_rungs(m, grace, rf), rf, "v", "max")
+        ts = [_T(i) for i in range(trials)]
+        for t in ts:
+            cell.add(t)
+        trained, stop = [0] * trials, [None] * trials
+        for _ in range(trials * m + 1):
+            running = [i for i in range(trials) if stop[i] is None and ts[i].status == "RUNNING"]
+            if not running:
+                break
+            for i in running:
+                e = trained[i] + 1
+                if e > m or np.isnan(best[c, i, e - 1]):  # ends on its own: Tune's on_trial_complete
+                    stop[i], ts[i].status = trained[i], "TERMINATED"
+                    cell.gone.add(ts[i].trial_id)
+                    continue
+                ts[i].last_result = {"epoch": float(e), "v": float(best[c, i, e - 1])}
+                trained[i] = e
+                decision = cell.result(ts[i], ts[i].last_result)
+                if decision == TrialScheduler.STOP:
+                    stop[i], ts[i].status = e, "TERMINATED"
+                elif decision == TrialScheduler.PAUSE:
+                    ts[i].status = "PAUSED"
+                for cut in cell.decide():
+                    j = int(cut)
+                    stop[j], ts[j].status = trained[j], "TERMINATED"
+                for t in ts:
+                    if t.status == "PAUSED" and not cell.waiting(t):
+                        t.status = "RUNNING"
+        else:
+            raise AssertionError(f"synchronous halving never finished cell {c}")
+        expected = [int(v) for v in ours[c]]
+        if stop != expected:
+            raise AssertionError(f"halving mismatch in cell {c}: sweep {stop}, simulation {expected}")
+    return cells
+
+
+def check_halving(design: dict, cells: int = 60, trials: int = 8, seed: int = 0) -> int:
+    """The design's halving checked against the code the sweep runs for it."""
+    check = check_sync_against_sweep if design.get("halving") == "sync" else check_asha_against_ray
+    return check(design, cells=cells, trials=trials, seed=seed)
 
 
 def check_asha_against_ray(design: dict, cells: int = 60, trials: int = 8, seed: int = 0) -> int:
@@ -102,10 +173,8 @@ def check_asha_against_ray(design: dict, cells: int = 60, trials: int = 8, seed:
         def __init__(self, i):
             self.trial_id = str(i)
 
-    g = np.random.default_rng(seed)
     m, grace, rf = design["max_epochs"], design["grace_period"], design["reduction_factor"]
-    best = np.fmax.accumulate(g.random((cells, trials, m)), axis=-1)
-    best[: cells // 4, 1, 5:] = np.nan  # some trials end on their own (diverged) at epoch 5
+    best = _random_curves(design, cells, trials, seed)
     ours = asha_stop_epochs(best, grace, rf, m)
     for c in range(cells):
         b = _Bracket(grace, m, rf, 0)
@@ -185,15 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         scenarios = {k: SCENARIOS[k] for k in keep}
     t0 = time.perf_counter()
     model = {**DESIGN, **shipped}
-    checked = check_asha_against_ray(model, trials=args.trials)
+    checked = check_halving(model, trials=args.trials)
     n = args.experiments
     R = max(max(FIXED), SEQUENTIAL.max_replicates)
     b = boundary(SEQUENTIAL, SEQUENTIAL.first_look, args.margin)
-    rungs = asha_rungs(model["max_epochs"], model["grace_period"], model["reduction_factor"])
+    rungs = [r for r in asha_rungs(model["max_epochs"], model["grace_period"], model["reduction_factor"])
+             if r < model["max_epochs"]]
+    against = "the sweep's SyncHalvingCell" if model["halving"] == "sync" else "Ray's _Bracket"
     print(f"# {n} simulated experiments per scenario; T={args.trials} trials per arm and replicate, "
-          f"K={args.seeds} seeds, ASHA grace {model['grace_period']} rf {model['reduction_factor']} max "
-          f"{model['max_epochs']} epochs (rungs {rungs}, checked against Ray's _Bracket on {checked} "
-          f"cells); margin ±{args.margin:g} points; "
+          f"K={args.seeds} seeds, {model['halving']} successive halving grace {model['grace_period']} rf "
+          f"{model['reduction_factor']} max {model['max_epochs']} epochs (rungs {rungs}, checked against "
+          f"{against} on {checked} cells); margin ±{args.margin:g} points; "
           f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     print(f"# sequential plan {SEQUENTIAL.first_look}..{SEQUENTIAL.max_replicates}: nominal two-sided "
           f"alpha per look {b['nominal_alpha']:.4f}, TOST one-sided alpha per look "

@@ -2,12 +2,13 @@
 
 Simulated sweeps of default.yaml's design (T trials per arm and replicate toward max_epochs, K = 1,
 noise fitted to the real runs: ``benchmarks/simulate.py``), one replicate each, under asynchronous
-successive halving as the sweep runs it (Ray's ASHA, re-implemented and checked against Ray's
-``_Bracket`` in ``bench_calibration.py``) and under synchronous successive halving (a what-if: the
-sweep does not run it). Per schedule: the fraction of the no-early-stopping epochs the search
-trains, each arm's mean true accuracy of the chosen configuration (search quality), and the sd and
-mean of the replicate differences, at the model's noise and at the real run's spread, with and
-without selu's optimum at the range's edge (lr 1e-4).
+successive halving (Ray's ASHA, re-implemented and checked against Ray's ``_Bracket`` in
+``bench_calibration.py``: ``search.early_stopping.halving: async``) and under synchronous successive
+halving (checked against the sweep's ``SyncHalvingCell``: ``halving: sync``, the default). Per
+schedule: the fraction of the no-early-stopping epochs the search trains, each arm's mean true
+accuracy of the chosen configuration (search quality), and the sd and mean of the replicate
+differences, at the model's noise and at the real run's spread, with and without selu's optimum at
+the range's edge (lr 1e-4).
 
     python benchmarks/bench_schedules.py                 # 4,000 experiments per row, ~5 s on 2 CPUs
     python benchmarks/bench_schedules.py --smoke-test    # seconds; tests/benchmarks
@@ -48,8 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"# {n} simulated one-replicate experiments per row; T={trials} trials per arm, K={seeds}, toward "
           f"{max_t} epochs; {platform.machine()}, Python {platform.python_version()}")
-    print("# shipped: async grace 1 rf 3. frac = epochs trained / (T x max_epochs); true = mean true "
-          "accuracy of the chosen config (points); sd/mean = replicate difference relu - selu (points)")
+    print(f"# shipped: {design['halving']} grace {design['grace_period']} rf {design['reduction_factor']}. "
+          "frac = epochs trained / (T x max_epochs); true = mean true accuracy of the chosen config "
+          "(points); sd/mean = replicate difference relu - selu (points)")
     print("| schedule | grace | rf | rungs | noise | selu optimum | frac | true relu | true selu | sd | "
           "mean |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -147,12 +147,14 @@ def simulate(n_experiments: int, replicates: int, seeds: int = 5, trials: int = 
 # range (one point in each of T equal strata: what an Owen-scrambled 1-D Sobol sequence of 2^m
 # points is), shared by both arms of a replicate (common random numbers), as is each trial's seed
 # (a trial-level offset of validation accuracy, correlated across arms). Every trial trains toward
-# ``max_epochs`` under ASHA, its results arriving in trial order (one trial of a cell at a time),
-# judged by asynchronous successive halving exactly as ``ray.tune.schedulers.async_hyperband``'s
-# ``_Bracket.on_result`` does (checked against it in tests/benchmarks/test_bench_calibration.py),
-# on the best validation accuracy so far (``objective: best``). The chosen configuration is the
-# trial with the best validation accuracy, at the epoch of that best; confirmation retrains it over
-# K seeds (seed k shared across arms) and measures test accuracy.
+# ``max_epochs`` under successive halving on the best validation accuracy so far (``objective:
+# best``): ``halving="sync"`` (what default.yaml runs: every trial of a cell waits at each rung for
+# the rest, exactly as the sweep's ``SyncHalvingCell``) or ``"async"`` (Ray's ASHA, results arriving
+# in trial order, one trial of a cell at a time, exactly as ``ray.tune.schedulers.async_hyperband``'s
+# ``_Bracket.on_result`` does; the real runs the noise was fitted to ran it, so it is the model's
+# default here). Both are checked against that code in tests/benchmarks/test_bench_calibration.py.
+# The chosen configuration is the trial with the best validation accuracy, at the epoch of that
+# best; confirmation retrains it over K seeds (seed k shared across arms) and measures test accuracy.
 
 DESIGN = dict(lr_low=-4.0, lr_high=-2.0, max_epochs=30, grace_period=1, reduction_factor=3, halving="async",
               peak=0.66, lr_star=1e-3, epochs_star=20.0, curvature_lr=0.30, rise=0.15, decline=0.04,
@@ -208,10 +210,11 @@ def asha_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_facto
 
 def sync_halving_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
                              max_t: int) -> np.ndarray:
-    """Epochs each trial trains under SYNCHRONOUS successive halving (not what the sweep runs: a
-    what-if for the ASHA target of issue 15): every trial of a cell trains to a rung, then only the
-    best ``max(1, floor(n / rf))`` of the ``n`` still running go on, at every rung; no trial is
-    exempt. A trial that ended on its own (NaN) ranks last."""
+    """Epochs each trial trains under SYNCHRONOUS successive halving (``search.early_stopping.halving:
+    sync``; checked against the sweep's ``SyncHalvingCell`` in tests/benchmarks/test_bench_calibration.py):
+    every trial of a cell trains to a rung, then only the best ``max(1, floor(n / rf))`` of the ``n``
+    still running go on, at every rung; no trial is exempt. A trial that ended on its own (NaN)
+    takes no part in the rungs after its end."""
     cells, trials, _ = best_so_far.shape
     ends = np.isnan(best_so_far)
     stop = np.where(ends.any(-1), ends.argmax(-1), max_t)

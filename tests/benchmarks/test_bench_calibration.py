@@ -10,7 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.bench_calibration import check_asha_against_ray, check_through_loader, shipped_design
+from benchmarks.bench_calibration import (
+    check_asha_against_ray,
+    check_sync_against_sweep,
+    check_through_loader,
+    shipped_design,
+)
 from benchmarks.simulate import (
     DESIGN,
     REAL_RUN_NOISE_SCALE,
@@ -30,7 +35,8 @@ def test_calibration_benchmark_smoke_test_runs_every_step():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "| R=" in line or "| seq " in line]
     assert len(rows) == 5 * 4  # 5 scenarios x (R = 3, 5, 10 and the sequential plan)
-    assert "checked against Ray's _Bracket" in proc.stdout and "ran every step" in proc.stdout
+    assert "checked against the sweep's SyncHalvingCell on 60 cells" in proc.stdout
+    assert "ran every step" in proc.stdout
 
 
 def test_calibration_benchmark_rejects_bad_arguments():
@@ -45,12 +51,22 @@ def test_simulated_asha_matches_rays_bracket(max_epochs):
     assert check_asha_against_ray(design, cells=40, seed=3) == 40
 
 
+@pytest.mark.parametrize("max_epochs,grace,rf", [(20, 1, 3), (20, 2, 3), (30, 1, 2), (9, 3, 3)])
+def test_simulated_sync_halving_matches_the_sweeps_scheduler(max_epochs, grace, rf):
+    """The calibration's synchronous halving stops every trial where sweeps.search.SyncHalvingCell
+    (what a sweep with halving: sync runs) stops it, diverged trials included."""
+    design = {**DESIGN, "max_epochs": max_epochs, "grace_period": grace, "reduction_factor": rf}
+    assert check_sync_against_sweep(design, cells=40, seed=3) == 40
+
+
 def test_the_calibration_simulates_the_shipped_default_design():
     cfg = load_config()
     trials, seeds, design = shipped_design()
     assert (trials, seeds) == (cfg.search.num_samples, cfg.confirm.seeds)
     assert design["max_epochs"] == cfg.search.max_epochs
     assert design["grace_period"] == cfg.search.early_stopping.grace_period
+    assert design["halving"] == cfg.search.early_stopping.halving
+    assert design["reduction_factor"] == cfg.search.early_stopping.reduction_factor
     assert 10 ** design["lr_low"] == pytest.approx(1e-4) and 10 ** design["lr_high"] == pytest.approx(1e-2)
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/bench_schedules.py must keep running, and its synchronous-halving what-if must halve
+"""benchmarks/bench_schedules.py must keep running, and the simulated synchronous halving must halve
 as it says: the best max(1, floor(n / rf)) of the trials still running go on at every rung."""
 
 from __future__ import annotations
