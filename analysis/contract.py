@@ -35,7 +35,7 @@ TRIAL_STAGES = (*STAGES, ORIGINAL)  # what a trial's config may name as its stag
 
 # --------------------------------------------------------------------------- trial statuses
 FINISHED = "finished"            # ran every planned epoch
-STOPPED_EARLY = "stopped_early"  # stopped by the scheduler (ASHA) before its planned end
+STOPPED_EARLY = "stopped_early"  # stopped by the scheduler (successive halving) before its planned end
 DIVERGED = "diverged"            # its training loss exploded: an outcome, counted apart
 FAILED = "failed"                # errored (Tune's ERROR)
 INCOMPLETE = "incomplete"        # neither: still running, pending or interrupted

@@ -20,7 +20,7 @@ candidates, seeds and data split) and retrains each replicate's tuned configurat
   configuration and at matched epochs), the configuration level (Welch's t-test between two tuned
   configurations over seeds, within one replicate: a claim about those configurations only) and
   search sensitivity (Spearman's rho of validation accuracy with log10(lr), over EVERY search trial
-  at the last epoch all of them reached, so ASHA's selection of which trials ran on does not enter).
+  at the last epoch all of them reached, so early stopping's selection of which trials ran on does not enter).
 
 Every interval is drawn at the level its decision uses (the primary's nominal level; a secondary
 test's Holm step level, :func:`analysis.stats.holm_levels`), and the level is printed with it.
@@ -277,16 +277,16 @@ def configuration_tests(trials: pd.DataFrame, metric: str, stage: str = "confirm
 
 
 SENSITIVITY_EPOCH_NOTE = ("val accuracy of every search trial at epoch {epoch}, the last epoch all of "
-                          "this arm's search trials reached (so ASHA's choice of which trials ran on "
-                          "does not enter)")
+                          "this arm's search trials reached (so early stopping's choice of which trials "
+                          "ran on does not enter)")
 
 
 def sensitivity_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None,
                       by: str | None = None) -> pd.DataFrame:
     """Search-stage rows: Spearman's rho of validation accuracy with log10(lr), per arm over EVERY
     search trial that ran (all replicates pooled), each at the last epoch all of that arm's trials
-    reached. ASHA lets only trials that look good train on, so a test over the finished trials (or
-    of accuracy against epochs trained) would test ASHA's selection; this one does not. Without
+    reached. Early stopping lets only trials that look good train on, so a test over the finished trials (or
+    of accuracy against epochs trained) would test its selection; this one does not. Without
     per-epoch rows it cannot be made: the row says so. n >= 5 and both sides varying."""
     t = _keyed(trials[(trials["stage"] == "search")
                       & trials["status"].isin([FINISHED, STOPPED_EARLY, DIVERGED])], by)
@@ -299,7 +299,8 @@ def sensitivity_tests(trials: pd.DataFrame, epochs: pd.DataFrame | None = None,
         return pd.DataFrame({KEY: arms[KEY], "arm_a": arms["arm"], "param": "lr", "n": 0,
                              "estimate": np.nan, "p_value": np.nan, "test": "Spearman",
                              "reason": "no per-epoch rows of the search: accuracy at a common epoch, the "
-                                       "only comparison free of ASHA's selection, cannot be computed",
+                                       "only comparison free of early stopping's selection, cannot be "
+                                       "computed",
                              "level": SENSITIVITY, "metric": "val_accuracy", "n_a": 0})
     e = e[["experiment", "stage", "trial_id", "epoch", "val_accuracy"]].merge(
         t[[KEY, "experiment", "stage", "trial_id", "arm", "lr"]], on=["experiment", "stage", "trial_id"])
