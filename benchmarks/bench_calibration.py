@@ -102,11 +102,12 @@ def _random_curves(design: dict, cells: int, trials: int, seed: int) -> np.ndarr
     return best
 
 
-def check_sync_against_sweep(design: dict, cells: int = 60, trials: int = 8, seed: int = 0) -> int:
-    """Compare :func:`sync_halving_stop_epochs` with the sweep's own ``SyncHalvingCell`` (the code
-    ``search.early_stopping.halving: sync`` runs) on random curves, each trial of a cell training
-    an epoch in turn, waiting where the cell says PAUSE and stopping where it says STOP or cuts it;
-    returns the number of cells checked. Raises on a mismatch."""
+def sweep_sync_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: int,
+                           max_t: int) -> np.ndarray:
+    """Epochs each trial trains when the sweep's own ``SyncHalvingCell`` (what
+    ``search.early_stopping.halving: sync`` runs) judges curves ``best_so_far`` (cells, T, max_t;
+    NaN after a trial ends on its own): each trial of a cell trains an epoch in turn, waits where
+    the cell says PAUSE and stops where it says STOP or cuts it."""
     from ray.tune.schedulers import TrialScheduler
 
     from sweeps.search import SyncHalvingCell, halving_rungs
@@ -118,11 +119,11 @@ def check_sync_against_sweep(design: dict, cells: int = 60, trials: int = 8, see
         def set_status(self, status):
             self.status = status
 
-    m, grace, rf = design["max_epochs"], design["grace_period"], design["reduction_factor"]
-    best = _random_curves(design, cells, trials, seed)
-    ours = sync_halving_stop_epochs(best, grace, rf, m)
+    cells, trials, m = best_so_far.shape[0], best_so_far.shape[1], max_t
+    out = np.zeros((cells, trials), dtype=int)
     for c in range(cells):
-        cell = SyncHalvingCell(trials, halving_rungs(m, grace, rf), rf, "v", "max")
+        cell = SyncHalvingCell(trials, halving_rungs(m, grace_period, reduction_factor), reduction_factor,
+                               "v", "max")
         ts = [_T(i) for i in range(trials)]
         for t in ts:
             cell.add(t)
@@ -133,11 +134,11 @@ def check_sync_against_sweep(design: dict, cells: int = 60, trials: int = 8, see
                 break
             for i in running:
                 e = trained[i] + 1
-                if e > m or np.isnan(best[c, i, e - 1]):  # ends on its own: Tune's on_trial_complete
+                if e > m or np.isnan(best_so_far[c, i, e - 1]):  # ends on its own: on_trial_complete
                     stop[i], ts[i].status = trained[i], "TERMINATED"
                     cell.gone.add(ts[i].trial_id)
                     continue
-                ts[i].last_result = {"epoch": float(e), "v": float(best[c, i, e - 1])}
+                ts[i].last_result = {"epoch": float(e), "v": float(best_so_far[c, i, e - 1])}
                 trained[i] = e
                 decision = cell.result(ts[i], ts[i].last_result)
                 if decision == TrialScheduler.STOP:
@@ -152,9 +153,22 @@ def check_sync_against_sweep(design: dict, cells: int = 60, trials: int = 8, see
                         t.status = "RUNNING"
         else:
             raise AssertionError(f"synchronous halving never finished cell {c}")
-        expected = [int(v) for v in ours[c]]
-        if stop != expected:
-            raise AssertionError(f"halving mismatch in cell {c}: sweep {stop}, simulation {expected}")
+        out[c] = stop
+    return out
+
+
+def check_sync_against_sweep(design: dict, cells: int = 60, trials: int = 8, seed: int = 0) -> int:
+    """Compare :func:`sync_halving_stop_epochs` (the simulation's) with
+    :func:`sweep_sync_stop_epochs` (the sweep's own scheduler) on random curves; returns the
+    number of cells checked. Raises on a mismatch."""
+    m, grace, rf = design["max_epochs"], design["grace_period"], design["reduction_factor"]
+    best = _random_curves(design, cells, trials, seed)
+    ours = sync_halving_stop_epochs(best, grace, rf, m)
+    sweep = sweep_sync_stop_epochs(best, grace, rf, m)
+    for c in range(cells):
+        if sweep[c].tolist() != ours[c].tolist():
+            raise AssertionError(f"halving mismatch in cell {c}: sweep {sweep[c].tolist()}, "
+                                 f"simulation {ours[c].tolist()}")
     return cells
 
 

@@ -93,6 +93,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.add_argument("--schedule", action="append", default=[], metavar="HALVING,GRACE,RF",
                    help="early stopping to measure, e.g. sync,1,3 or async,1,3; repeat to compare "
                         "several (default: default.yaml's halving, grace period and reduction factor)")
+    a.add_argument("--replay", action="append", default=[], metavar="sync,GRACE,RF",
+                   help="also replay the run without early stopping through the sweep's synchronous "
+                        "halving at these settings (no training: its curves are what a real run at "
+                        "them would see, since a trial's curve depends only on its lr and seed)")
     a.add_argument("--seed", type=int, default=0, help="search.seed (default 0)")
     a.add_argument("--concurrency", type=int, default=2, help="CPUs for Ray, 1 per trial (default 2)")
 
@@ -151,6 +155,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                  "give the name of a config both trees ship, e.g. default.yaml")
     if args.bench == "asha":
         args.schedule = [_schedule(text) for text in args.schedule]
+        args.replay = [_schedule(text) for text in args.replay]
+        if any(h != "sync" for h, _, _ in args.replay):
+            raise UsageError("--replay: only synchronous halving replays exactly (async ASHA depends on "
+                             "the order trials arrive); use sync,GRACE,RF")
     if args.data_dir and not os.path.exists(args.data_dir):
         raise UsageError(f"--data-dir {args.data_dir}: no such file or directory; "
                          "make one with ../shared/tools/cifar10_to_batches.py or drop the flag")
@@ -340,6 +348,40 @@ def search_summary(path: str) -> dict[str, Any]:
             "stopped": int((trials["status"] == "stopped_early").sum()), "best": best, "chosen": chosen}
 
 
+def replay_sync(path: str, schedule: tuple[str, int, int], max_epochs: int) -> dict[str, Any]:
+    """:func:`search_summary` of a run without early stopping as synchronous halving at
+    ``schedule`` would have cut it: the sweep's own ``SyncHalvingCell`` judges each cell's recorded
+    ``best_val_accuracy`` curves (trials in the order they started), and each trial counts up to
+    the epoch it would have stopped at."""
+    import numpy as np
+    from bench_calibration import sweep_sync_stop_epochs
+
+    from analysis.load import load_results
+
+    _, grace, rf = schedule
+    res = load_results([path])
+    trials = res.trials[res.trials["stage"] == "search"].sort_values("start_time")
+    epochs = res.epochs[res.epochs["stage"] == "search"].set_index(["trial_id", "epoch"]).sort_index()
+    total, stopped, best, chosen = 0, 0, {}, {}
+    for (arm, _), cell in trials.groupby(["arm", "replicate"], sort=False):
+        ids = cell["trial_id"].tolist()
+        curves = np.full((1, len(ids), max_epochs), np.nan)
+        for i, t in enumerate(ids):
+            values = epochs.loc[t, "best_val_accuracy"].to_numpy(float)[:max_epochs]
+            curves[0, i, :len(values)] = values
+        stop = sweep_sync_stop_epochs(curves, grace, rf, max_epochs)[0]
+        total += int(stop.sum())
+        stopped += int((stop < max_epochs).sum())
+        for t, e, lr in zip(ids, stop, cell["lr"]):
+            if e < max_epochs:
+                continue
+            row = epochs.loc[(t, float(e))] if (t, float(e)) in epochs.index else epochs.loc[(t, e)]
+            key = (float(row["best_val_accuracy"]), -int(row["best_epoch"]))
+            if arm not in best or key > (best[arm], -chosen[arm][1]):
+                best[arm], chosen[arm] = key[0], (float(lr), int(row["best_epoch"]))
+    return {"epochs": total, "trials": len(trials), "stopped": stopped, "best": best, "chosen": chosen}
+
+
 def asha(args: argparse.Namespace) -> int:
     from sweeps.prepare import RunOptions
     from sweeps.prepare import load_data as sweep_data
@@ -367,6 +409,9 @@ def asha(args: argparse.Namespace) -> int:
                     path = run_sweep(cfg, RunOptions(skip_confirm=True, report=False), dataset=dataset)
                 name = "{} g{} rf{}".format(*schedule) if schedule else "no early stopping"
                 rows.append((name, clock.wall, search_summary(path)))
+                if schedule is None:
+                    rows += [("replay {} g{} rf{}".format(*r), math.nan,
+                              replay_sync(path, r, cfg.search.max_epochs)) for r in args.replay]
     finally:
         ray.shutdown()
 
@@ -395,7 +440,8 @@ def asha(args: argparse.Namespace) -> int:
                           for a in arms)
         picks = {a: "{:.3g}, {}".format(*r["chosen"][a]) if a in r["chosen"] else "-" for a in arms}
         chosen = " | ".join(f"{picks[a]:>{22 + len(a)}}" for a in arms)
-        print(f"| {name:<18} | {wall:6.1f} | {r['trials']:6d} | {r['stopped']:13d} | {r['epochs']:14d} | "
+        shown = f"{wall:6.1f}" if math.isfinite(wall) else f"{'-':>6}"  # a replay trains nothing
+        print(f"| {name:<18} | {shown} | {r['trials']:6d} | {r['stopped']:13d} | {r['epochs']:14d} | "
               f"{ratio:13.2f} | {best} | {diff} | {chosen} |")
     ok = True
     for name, _, on in rows[1:]:
