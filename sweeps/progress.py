@@ -258,8 +258,9 @@ class ProgressTable(tune.Callback):
         left += self._not_created() * (startup + new * ratio * epoch)
         for st in self._trials.values():
             planned = (st.planned if st.planned is not None else new) * ratio
-            if st.status in _WAITING:
-                left += startup + planned * epoch
+            if st.status in _WAITING:  # not started, or paused at a rung with epochs behind it
+                left += startup + max(planned - st.epochs_done, 0.0) * epoch  # a restore starts it again
+                done += st.epochs_done * epoch + (startup if st.startup is not None else 0.0)
                 continue
             if st.startup is not None or st.status in _DONE:
                 done += startup

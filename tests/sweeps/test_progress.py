@@ -189,6 +189,27 @@ def test_eta_after_early_stops_expects_the_epochs_trials_have_been_running():
     assert table._work(clock.now)[1] == 70.0
 
 
+def test_eta_counts_the_epochs_a_trial_paused_at_a_rung_has_behind_it():
+    """Synchronous halving pauses trials at a rung: their epochs are done, not left to do."""
+    table, clock = _table(stage="search", total=2, budget_epochs=20, every_s=0)
+    table.setup()
+    a, b = FakeTrial("a", epochs=10), FakeTrial("b", epochs=10)
+    _start(table, [a, b], a)
+    _start(table, [a, b], b)
+    clock.now += 15.0
+    for t in (a, b):
+        table.on_trial_result(0, [a, b], t, t.report(1, seconds=5.0))  # start-up 10 s
+    for e in range(2, 4):
+        clock.now += 5.0
+        table.on_trial_result(0, [a, b], a, a.report(e, seconds=5.0))
+    a.status = "PAUSED"  # waiting at epoch 3 for b, which trains on
+    table.on_trial_result(0, [a, b], b, b.report(2, seconds=5.0))
+    done, left = table._work(clock.now)
+    # a: 10 s start-up (again, when restored) + 7 epochs left; b: 8 epochs left; 5 s an epoch.
+    assert left == 10.0 + 7 * 5.0 + 8 * 5.0
+    assert done == 2 * 10.0 + (3 + 2) * 5.0
+
+
 RECORDED = Path(__file__).parent / "recorded" / "smoke_sweep_events.jsonl"
 
 
