@@ -48,7 +48,7 @@ def test_overhead_smoke_prints_fixed_cost_and_duty_cycle_for_both_arms():
 def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopping():
     """Both halvings against one run without early stopping (3 trials per arm, a rung at epoch 1)."""
     out = _run("asha", "--smoke-test", "--schedule", "sync,1,3", "--schedule", "async,1,3",
-               "--replay", "sync,1,3")
+               "--replay", "sync,1,3", "--confirm", "1")
     assert out.returncode == 0, out.stderr[-3000:]
     (off,) = _cells(out.stdout, "no early stopping")
     (sync,) = _cells(out.stdout, "sync g1 rf3")
@@ -68,6 +68,12 @@ def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopp
     assert replay[1] == "-" and replay[2:] == sync[2:], (replay, sync)
     match = re.search(r"^sync g1 rf3 trained ([0-9.]+) of the epochs", out.stdout, re.MULTILINE)
     assert match and float(match.group(1)) == round(12 / 24, 2)
+    # --confirm 1: each real run's chosen configurations retrained on the same fresh seed, test accuracy
+    retrained = [r for r in _cells(out.stdout, "") if len(r) == 5 and "±" in r[1]]
+    assert [r[0] for r in retrained] == ["no early stopping", "sync g1 rf3", "async g1 rf3"], out.stdout
+    assert all(0 <= float(r[i].split("±")[0]) <= 1 for r in retrained for i in (1, 2))
+    assert [float(v) for v in retrained[0][3:5]] == [0.0, 0.0]  # the baseline against itself
+    assert "worst confirmed test-acc change" in out.stdout
 
 
 def test_asha_refuses_a_malformed_schedule_before_ray_starts():
