@@ -389,10 +389,11 @@ def replay_sync(path: str, schedule: tuple[str, int, int], max_epochs: int) -> d
     return {"epochs": total, "trials": len(trials), "stopped": stopped, "best": best, "chosen": chosen}
 
 
-def confirmed_summary(cfg, path: str, seeds: int, dataset) -> dict[str, tuple[float, float, int]]:
+def confirmed_summary(cfg, path: str, seeds: int, dataset) -> dict[str, tuple[float, float, str]]:
     """Retrain each arm's chosen configuration of the search in ``path`` on ``seeds`` seeds
     (``--confirm-only``, the sweep's own confirmation: the same seeds for every run, paired across
-    arms) and return, per arm, (mean test accuracy, its sd over seeds, runs)."""
+    arms) and return, per arm, (mean test accuracy, its sd over seeds, "lr, epochs" retrained: the
+    sweep's own choice, which can differ from :func:`search_summary`'s where trials tie)."""
     import dataclasses
 
     from analysis.load import load_results
@@ -405,7 +406,8 @@ def confirmed_summary(cfg, path: str, seeds: int, dataset) -> dict[str, tuple[fl
                   dataset=dataset)
     trials = load_results([path]).trials
     runs = trials[trials["stage"] == "confirm"]
-    return {arm: (float(g["final_test_accuracy"].mean()), float(g["final_test_accuracy"].std()), len(g))
+    return {arm: (float(g["final_test_accuracy"].mean()), float(g["final_test_accuracy"].std()),
+                  "{:.3g}, {}".format(g["lr"].iloc[0], int(g["epochs"].iloc[0])))
             for arm, g in runs.groupby("arm")}
 
 
@@ -477,13 +479,16 @@ def asha(args: argparse.Namespace) -> int:
         print(f"# chosen configurations retrained on {args.confirm} fresh seeds (the sweep's confirmation, "
               "the same seeds in every run): test accuracy, mean ± sd over seeds")
         print("| run                | " + " | ".join(f"test acc {a}" for a in arms) + " | "
-              + " | ".join(f"diff {a} (points)" for a in arms) + " |")
+              + " | ".join(f"diff {a} (points)" for a in arms) + " | "
+              + " | ".join(f"retrained {a} (lr, epochs)" for a in arms) + " |")
         print("|--------------------|" + "|".join("-" * (12 + len(a)) for a in arms) + "|"
-              + "|".join("-" * (17 + len(a)) for a in arms) + "|")
+              + "|".join("-" * (17 + len(a)) for a in arms) + "|"
+              + "|".join("-" * (27 + len(a)) for a in arms) + "|")
         for name, test in confirmed.items():
             acc = " | ".join(f"{test[a][0]:.4f} ± {test[a][1]:.4f}".rjust(9 + len(a)) for a in arms)
             diff = " | ".join(f"{100 * (test[a][0] - base_test[a][0]):{15 + len(a)}.2f}" for a in arms)
-            print(f"| {name:<18} | {acc} | {diff} |")
+            picks = " | ".join(f"{test[a][2]:>{25 + len(a)}}" for a in arms)
+            print(f"| {name:<18} | {acc} | {diff} | {picks} |")
     ok = True
     for name, _, on in rows[1:]:
         ratio = on["epochs"] / base["epochs"]

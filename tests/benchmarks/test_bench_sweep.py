@@ -69,7 +69,7 @@ def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopp
     match = re.search(r"^sync g1 rf3 trained ([0-9.]+) of the epochs", out.stdout, re.MULTILINE)
     assert match and float(match.group(1)) == round(12 / 24, 2)
     # --confirm 1: each real run's chosen configurations retrained on the same fresh seed, test accuracy
-    retrained = [r for r in _cells(out.stdout, "") if len(r) == 5 and "±" in r[1]]
+    retrained = [r for r in _cells(out.stdout, "") if len(r) == 7 and "±" in r[1]]
     assert [r[0] for r in retrained] == ["no early stopping", "sync g1 rf3", "async g1 rf3"], out.stdout
     assert all(0 <= float(r[i].split("±")[0]) <= 1 for r in retrained for i in (1, 2))
     assert [float(v) for v in retrained[0][3:5]] == [0.0, 0.0]  # the baseline against itself
