@@ -365,7 +365,7 @@ def confirm_configs(cfg: SweepConfig, best: dict[str, dict] | None, replicates=N
     for rep in reps:
         for arm in cfg.arms:
             chosen = dict(best[cell_of({"arm": arm.name, "replicate": rep})]) if best \
-                else {**base, **arm.settings(cfg.train), "replicate": 0}
+                else {**base, **arm.settings(cfg.train), "replicate": 0, **seeds.split_keys(cfg, 0)}
             for k in range(cfg.confirm.seeds):
                 out.append({**chosen, "seed": seeds.confirm_trial_seed(cfg.confirm.seed, rep, k),
                             "stage": CONFIRM, "evaluate_test": True})

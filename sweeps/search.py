@@ -610,9 +610,7 @@ def make_searcher(cfg: SweepConfig, storage: optuna.storages.BaseStorage | None,
                   objective=s.objective)
     searchers = {}
     for r in _replicates(cfg, replicates):
-        extra = {"epochs": cfg.max_epochs()}
-        if cfg.data.vary_split:
-            extra["split_seed"] = seeds.split_seed(cfg.data.split_seed, r, True)
+        extra = {"epochs": cfg.max_epochs(), **seeds.split_keys(cfg, r)}
         if s.mode == JOINT:
             space = {"arm": optuna.distributions.CategoricalDistribution([a.name for a in cfg.arms]),
                      **distributions}

@@ -42,6 +42,15 @@ def split_seed(base: int, replicate: int, vary: bool) -> int:
     return (base + replicate) % 2**31 if vary else base
 
 
+def split_keys(cfg: SweepConfig, replicate: int) -> dict[str, int]:
+    """What a trial of ``replicate`` adds to its config to train on that replicate's split: its
+    ``split_seed`` with ``data.vary_split`` (``sweeps.prepare.load_data`` makes one dataset per
+    split seed), nothing without (one dataset)."""
+    if not cfg.data.vary_split:
+        return {}
+    return {"split_seed": split_seed(cfg.data.split_seed, replicate, True)}
+
+
 def search_trial_seed(search_seed: int, replicate: int, index: int) -> int:
     """Weight seed (initial weights, data order) of search trial ``index`` of a replicate: the
     ``index``-th trial a cell asks for, so trial ``i`` has the same seed in every arm."""

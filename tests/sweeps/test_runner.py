@@ -204,6 +204,25 @@ def test_sigkill_of_the_driver_in_the_confirmation_then_resume_loses_nothing(tmp
     _resume_and_check(tmp_path, finished, search_trials=1, seeds=3)
 
 
+@pytest.mark.parametrize("vary", [True, False])
+def test_without_a_search_each_confirmation_trial_trains_on_a_split_the_sweep_made(vary):
+    """default.yaml varies the split per replicate; with search.enabled false its confirmation trials
+    named no split_seed and every one failed ("no such split", found 2026-12-06 running
+    default.yaml --set search.enabled=false). Each trial now names replicate 0's split."""
+    from sweeps.prepare import load_data
+
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", ["search.enabled=false", "search.replicates=1",
+                                                  f"data.vary_split={str(vary).lower()}"])
+    configs = runner.confirm_configs(cfg, None)
+    data = load_data(cfg)
+    assert len(configs) == 2 * cfg.confirm.seeds
+    for config in configs:
+        if vary:
+            assert isinstance(data, dict) and config["split_seed"] in data, (config, list(data))
+        else:
+            assert "split_seed" not in config and not isinstance(data, dict)
+
+
 def _halving_outcome(exp: Path) -> dict[str, tuple]:
     """Per search cell: the epochs each trial recorded (sorted), and whether the one trial that went
     on past epoch 1 had the best value of its cell at epoch 1 (ties: the trial made first)."""
