@@ -50,9 +50,12 @@ def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopp
     out = _run("asha", "--smoke-test", "--schedule", "sync,1,3", "--schedule", "async,1,3",
                "--replay", "sync,1,3", "--confirm", "1")
     assert out.returncode == 0, out.stderr[-3000:]
-    (off,) = _cells(out.stdout, "no early stopping")
-    (sync,) = _cells(out.stdout, "sync g1 rf3")
-    (asynchronous,) = _cells(out.stdout, "async g1 rf3")
+    def search_row(label):  # the search table's row (12 cells; the retrained table's have 7)
+        (row,) = [r for r in _cells(out.stdout, label) if len(r) == 12]
+        return row
+
+    off, sync = search_row("no early stopping"), search_row("sync g1 rf3")
+    asynchronous = search_row("async g1 rf3")
     assert int(off[3]) == 0  # nothing stopped early without a scheduler
     for on in (sync, asynchronous):
         assert int(on[4]) <= int(off[4])  # early stopping never trains more epochs than the search without it
@@ -64,7 +67,7 @@ def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopp
         assert all(0 <= a <= 1 for a in accs), row
     # The replay of the run without early stopping cuts what the real synchronous run cut, and picks
     # the same configurations with the same accuracy: a trial's curve depends only on its lr and seed.
-    (replay,) = _cells(out.stdout, "replay sync g1 rf3")
+    replay = search_row("replay sync g1 rf3")
     assert replay[1] == "-" and replay[2:] == sync[2:], (replay, sync)
     match = re.search(r"^sync g1 rf3 trained ([0-9.]+) of the epochs", out.stdout, re.MULTILINE)
     assert match and float(match.group(1)) == round(12 / 24, 2)
