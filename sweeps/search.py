@@ -440,14 +440,14 @@ class SyncHalvingCell:
         cut = []
         if len(self.trials) < self.size:
             return cut
+        order = {t: i for i, t in enumerate(self.trials)}  # ties: the trial added first
         for m in self.rungs:
             if m in self.promoted:
                 continue
             reached = self.values[m]
             if not all(t in reached or self._ended(t) for t in self.trials):
                 break
-            order = list(self.trials)
-            ranked = sorted(reached, key=lambda t: (-reached[t], order.index(t)))
+            ranked = sorted(reached, key=lambda t: (-reached[t], order[t]))
             keep = max(1, int(len(ranked) // self.rf))
             self.promoted[m] = set(ranked[:keep])
             cut += [t for t in ranked[keep:] if not self._ended(t)]
@@ -463,7 +463,7 @@ class PerCellScheduler(FIFOScheduler):
     def __init__(self, cells: list[str], metric: str, mode: str, max_t: int, grace_period: int,
                  reduction_factor: int, *, halving: str, joint: bool = False, cell_size: int = 0):
         super().__init__()
-        self._metric, self._mode, self._joint, self._halving = metric, mode, joint, halving
+        self._metric, self._mode, self._joint = metric, mode, joint
         if halving == "sync":
             rungs = halving_rungs(max_t, grace_period, reduction_factor)
             self._sync = {cell: SyncHalvingCell(cell_size, rungs, reduction_factor, metric, mode)
@@ -527,9 +527,10 @@ class PerCellScheduler(FIFOScheduler):
         return all(s.set_search_properties(metric, mode, **spec) for s in self._by_cell.values())
 
     def on_trial_add(self, tune_controller, trial):
-        if (cell := self._cell(trial)) is not None:
-            cell.add(trial)
-        elif not self._sync:
+        if self._sync:
+            if (cell := self._cell(trial)) is not None:
+                cell.add(trial)
+        else:
             self._for(trial).on_trial_add(tune_controller, trial)
 
     def _ended(self, tune_controller, trial) -> None:
@@ -540,7 +541,7 @@ class PerCellScheduler(FIFOScheduler):
     def on_trial_error(self, tune_controller, trial):
         # Tune calls this on a failure it retries too (the trial is then PENDING again): only a
         # trial that stays ERROR has ended, which SyncHalvingCell reads off its status.
-        if self._cell(trial) is None and not self._sync:
+        if not self._sync:
             self._for(trial).on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result):
