@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "benchmarks" / "bench_sweep.py"
 
@@ -79,9 +81,12 @@ def test_asha_smoke_prints_epochs_and_best_accuracy_with_and_without_early_stopp
     assert "worst confirmed test-acc change" in out.stdout
 
 
-def test_asha_refuses_a_malformed_schedule_before_ray_starts():
-    out = _run("asha", "--smoke-test", "--schedule", "sync,0,3")
-    assert out.returncode == 2 and "--schedule 'sync,0,3'" in out.stderr and "Traceback" not in out.stderr
+@pytest.mark.parametrize("flags,message", [(("--schedule", "sync,0,3"), "--schedule 'sync,0,3'"),
+                                           (("--replay", "async,1,3"), "--replay: only synchronous"),
+                                           (("--confirm", "-1"), "--confirm must be >= 0")])
+def test_asha_refuses_bad_flags_before_ray_starts(flags, message):
+    out = _run("asha", "--smoke-test", *flags)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
 def test_gpu_packing_smoke_runs_on_cpu_with_one_and_two_loops_per_backend():
