@@ -232,6 +232,14 @@ def sync_halving_stop_epochs(best_so_far: np.ndarray, grace_period: int, reducti
     return stop
 
 
+def no_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
+                   max_t: int) -> np.ndarray:
+    """Epochs each trial trains WITHOUT early stopping (``search.early_stopping.enabled: false``):
+    every trial trains to ``max_t`` unless it ends on its own (NaN) first."""
+    ends = np.isnan(best_so_far)
+    return np.where(ends.any(-1), ends.argmax(-1), max_t)
+
+
 def _nanpercentile_rows(x: np.ndarray, q: float) -> np.ndarray:
     """``np.nanpercentile(x, q, axis=1)`` (linear interpolation) without its per-row Python loop;
     NaN for an all-NaN row."""
@@ -307,7 +315,8 @@ def _simulate_chunk(g, E, R, K, T, effect, crn, lr_star_b, epochs_star_b, bad_co
         val = np.where(after, np.nan, val)
     best = np.fmax.accumulate(val, axis=-1)
     best = np.where(np.isnan(val), np.nan, best)
-    halving = {"async": asha_stop_epochs, "sync": sync_halving_stop_epochs}[p["halving"]]
+    halving = {"async": asha_stop_epochs, "sync": sync_halving_stop_epochs,
+               "off": no_stop_epochs}[p["halving"]]
     trained = halving(best.reshape(E * R * A, T, M), p["grace_period"], p["reduction_factor"], M)
     trained = trained.reshape(shape)
     mask = epoch <= trained[..., None]

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.bench_calibration import (
     check_asha_against_ray,
+    check_halving,
     check_sync_against_sweep,
     check_through_loader,
     shipped_design,
@@ -21,6 +22,7 @@ from benchmarks.simulate import (
     REAL_RUN_NOISE_SCALE,
     asha_rungs,
     asha_stop_epochs,
+    no_stop_epochs,
     replicate_differences_points,
     simulate_design,
 )
@@ -35,8 +37,12 @@ def test_calibration_benchmark_smoke_test_runs_every_step():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "| R=" in line or "| seq " in line]
     assert len(rows) == 5 * 4  # 5 scenarios x (R = 3, 5, 10 and the sequential plan)
-    assert "checked against the sweep's SyncHalvingCell on 60 cells" in proc.stdout
     assert "ran every step" in proc.stdout
+    cfg = load_config()
+    if cfg.search.early_stopping.enabled:  # the header names the shipped schedule and what checked it
+        assert "checked against the sweep's SyncHalvingCell on 60 cells" in proc.stdout
+    else:
+        assert f"no early stopping, every trial to {cfg.search.max_epochs} epochs" in proc.stdout
 
 
 def test_calibration_benchmark_rejects_bad_arguments():
@@ -65,7 +71,8 @@ def test_the_calibration_simulates_the_shipped_default_design():
     assert (trials, seeds) == (cfg.search.num_samples, cfg.confirm.seeds)
     assert design["max_epochs"] == cfg.search.max_epochs
     assert design["grace_period"] == cfg.search.early_stopping.grace_period
-    assert design["halving"] == cfg.search.early_stopping.halving
+    es = cfg.search.early_stopping
+    assert design["halving"] == (es.halving if es.enabled else "off")
     assert design["reduction_factor"] == cfg.search.early_stopping.reduction_factor
     assert 10 ** design["lr_low"] == pytest.approx(1e-4) and 10 ** design["lr_high"] == pytest.approx(1e-2)
 
@@ -74,6 +81,13 @@ def test_the_real_run_noise_scale_reproduces_the_measured_spread():
     """REAL_RUN_NOISE_SCALE is fitted to the 2026-12-06 run: sd 1.49 points at T=8, K=3, 30 epochs."""
     sim = simulate_design(3000, 1, seeds=3, trials=8, rng=5, max_epochs=30, noise_scale=REAL_RUN_NOISE_SCALE)
     assert replicate_differences_points(sim).std() == pytest.approx(1.49, abs=0.08)
+
+
+def test_without_early_stopping_every_trial_trains_to_the_end_unless_it_ends_on_its_own():
+    best = np.fmax.accumulate(np.random.default_rng(0).random((2, 3, 10)), axis=-1)
+    best[1, 2, 4:] = np.nan  # diverged after epoch 4
+    assert no_stop_epochs(best, 1, 3, 10).tolist() == [[10, 10, 10], [10, 10, 4]]
+    assert check_halving({"halving": "off"}) == 0, "nothing to check against"
 
 
 def test_asha_rungs_are_rays():

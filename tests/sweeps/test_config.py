@@ -30,7 +30,9 @@ def test_default_config_is_the_fair_cifar10_search():
     space = {p.name: p for p in cfg.search.space}
     assert (space["lr"].low, space["lr"].high, space["lr"].log) == (1e-4, 1e-2, True)
     assert list(space) == ["lr"] and cfg.search.replicates >= 3
-    assert cfg.train.batch_size == 100 and cfg.search.early_stopping.enabled
+    assert cfg.train.batch_size == 100
+    assert not cfg.search.early_stopping.enabled, (
+        "every trial trains to max_epochs: on CIFAR-10 a halving rung before ~epoch 15 ranks lr by speed")
     assert cfg.search.mode == "stratified" and cfg.data.validate_on == "val"
 
 
@@ -46,7 +48,7 @@ def test_default_search_reads_epochs_off_the_curve_with_every_trial_from_the_sha
 
 def test_startup_trials_are_capped_at_the_trials_per_cell():
     assert load_config(overrides=["search.n_startup_trials=3"]).search.startup_trials == 3
-    assert load_config(overrides=["search.n_startup_trials=30"]).search.startup_trials == 8
+    assert load_config(overrides=["search.n_startup_trials=30"]).search.startup_trials == 4
     assert load_config(overrides=["search.n_startup_trials=0"]).search.startup_trials == 0
 
 

@@ -134,8 +134,11 @@ def test_every_trial_trains_toward_max_epochs():
     cfg = _cfg("search.max_epochs=12")
     config = make_searcher(cfg, storage=None).suggest("a")
     assert config["epochs"] == 12 and "epochs" not in {p.name for p in cfg.search.space}
+    assert not isinstance(make_scheduler(cfg), PerCellScheduler), "default.yaml: no early stopping"
+    cfg = _cfg("search.max_epochs=12", "search.early_stopping.enabled=true")
     assert make_scheduler(cfg)._sync["relu/r0"].rungs == [1, 3, 9]
-    asynchronous = make_scheduler(_cfg("search.max_epochs=12", "search.early_stopping.halving=async"))
+    asynchronous = make_scheduler(_cfg("search.max_epochs=12", "search.early_stopping.enabled=true",
+                                       "search.early_stopping.halving=async"))
     assert asynchronous._by_cell["relu/r0"]._max_t == 12
 
 
