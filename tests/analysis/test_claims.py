@@ -166,6 +166,36 @@ def test_a_chosen_lr_at_the_edge_of_the_range_is_warned_about():
     assert "selu (replicate 0: lr 0.00011)" in line and "the range, not the activation, may decide" in line
 
 
+def _search_epoch_1(t: pd.DataFrame, e: pd.DataFrame, slope: float, rng: int = 0) -> pd.DataFrame:
+    """``e`` plus one epoch-1 row per search trial of ``t``: val accuracy 0.35 + ``slope`` x
+    log10(lr / 1e-3) plus noise (the shape of the 2026-12-07 real run: epoch-1 accuracy rose with lr)."""
+    s = t[t["stage"] == "search"]
+    noise = np.random.default_rng(rng).normal(0, 0.005, len(s))
+    rows = pd.DataFrame({"experiment": s["experiment"].to_numpy(), "stage": "search",
+                         "trial_id": s["trial_id"].to_numpy(), "epoch": 1.0,
+                         "val_accuracy": 0.35 + slope * np.log10(s["lr"].to_numpy(float) / 1e-3) + noise})
+    return pd.concat([e, rows], ignore_index=True)
+
+
+@pytest.mark.parametrize("slope", [0.05, 0.0])
+def test_early_stopping_that_ranked_learning_rates_by_speed_is_warned_about(slope):
+    """The 2026-12-07 run: halving cut trials at epoch 1, where val accuracy rose with lr (rho +0.75);
+    relu's slow-starting optimum was cut. A warning when trials were cut and the rise is significant;
+    none when accuracy does not depend on lr there."""
+    t, e = _sweep(3, 0.0)
+    assert (t.loc[t["stage"] == "search", "status"] == "stopped_early").any()
+    c = conclude(t, _search_epoch_1(t, e, slope), CIFAR)
+    lines = [s for s in c.claims if s.startswith("Early stopping warning")]
+    if slope:
+        assert len(lines) == 1 and "ranked learning rates by how fast they start" in lines[0]
+        assert "enabled: false" in lines[0] and "relu rho +" in lines[0] and "selu rho +" in lines[0]
+    else:
+        assert not lines
+    t.loc[t["stage"] == "search", "status"] = "finished"
+    assert not any(s.startswith("Early stopping warning") for s in conclude(t, _search_epoch_1(t, e, slope),
+                                                                           CIFAR).claims), "nothing was cut"
+
+
 def _with_original(t: pd.DataFrame, selu_ahead: float, rng: int = 0) -> pd.DataFrame:
     """``t`` plus one run per arm and replicate at the original configuration (stage ``original``,
     lr 1e-3, 20 epochs): selu ``selu_ahead`` ahead, with run noise shared within a replicate's pair."""
