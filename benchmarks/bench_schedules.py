@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"# {n} simulated one-replicate experiments per row; T={trials} trials per arm, K={seeds}, toward "
           f"{max_t} epochs; {platform.machine()}, Python {platform.python_version()}")
-    print(f"# shipped: {design['halving']} grace {design['grace_period']} rf {design['reduction_factor']}. "
+    shipped = ("no early stopping" if design["halving"] == "off" else
+               f"{design['halving']} grace {design['grace_period']} rf {design['reduction_factor']}")
+    print(f"# shipped: {shipped}. "
           "frac = epochs trained / (T x max_epochs); true = mean true accuracy of the chosen config "
           "(points); sd/mean = replicate difference relu - selu (points)")
     print("| schedule | grace | rf | rungs | noise | selu optimum | frac | true relu | true selu | sd | "
