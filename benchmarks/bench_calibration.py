@@ -42,6 +42,7 @@ from analysis.decision import MARGIN_POINTS, replicate_differences  # noqa: E402
 from analysis.sequential import Plan, boundary, decide, look, run_sequential  # noqa: E402
 from benchmarks.simulate import (  # noqa: E402
     DESIGN,
+    NO_HALVING,
     REAL_RUN_NOISE_SCALE,
     asha_rungs,
     asha_stop_epochs,
@@ -91,7 +92,7 @@ def shipped_design() -> tuple[int, int, dict]:
     es = cfg.search.early_stopping
     design = dict(lr_low=float(np.log10(lr.low)), lr_high=float(np.log10(lr.high)),
                   max_epochs=cfg.search.max_epochs, grace_period=es.grace_period,
-                  reduction_factor=es.reduction_factor, halving=es.halving if es.enabled else "off")
+                  reduction_factor=es.reduction_factor, halving=es.halving if es.enabled else NO_HALVING)
     return cfg.search.num_samples, cfg.confirm.seeds, design
 
 
@@ -175,7 +176,7 @@ def check_sync_against_sweep(design: dict, cells: int = 60, trials: int = 8, see
 def check_halving(design: dict, cells: int = 60, trials: int = 8, seed: int = 0) -> int:
     """The design's halving checked against the code the sweep runs for it (no early stopping:
     nothing to check, 0 cells)."""
-    if design.get("halving") == "off":
+    if design.get("halving") == NO_HALVING:
         return 0
     check = check_sync_against_sweep if design.get("halving") == "sync" else check_asha_against_ray
     return check(design, cells=cells, trials=trials, seed=seed)
@@ -275,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.experiments
     R = max(max(FIXED), SEQUENTIAL.max_replicates)
     b = boundary(SEQUENTIAL, SEQUENTIAL.first_look, args.margin)
-    if model["halving"] == "off":
+    if model["halving"] == NO_HALVING:
         schedule = f"no early stopping, every trial to {model['max_epochs']} epochs"
     else:
         rungs = [r for r in asha_rungs(model["max_epochs"], model["grace_period"], model["reduction_factor"])

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_calibration import shipped_design  # noqa: E402
 from benchmarks.simulate import (  # noqa: E402
+    NO_HALVING,
     REAL_RUN_NOISE_SCALE,
     asha_rungs,
     replicate_differences_points,
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     print(f"# {n} simulated one-replicate experiments per row; T={trials} trials per arm, K={seeds}, toward "
           f"{max_t} epochs; {platform.machine()}, Python {platform.python_version()}")
-    shipped = ("no early stopping" if design["halving"] == "off" else
+    shipped = ("no early stopping" if design["halving"] == NO_HALVING else
                f"{design['halving']} grace {design['grace_period']} rf {design['reduction_factor']}")
     print(f"# shipped: {shipped}. "
           "frac = epochs trained / (T x max_epochs); true = mean true accuracy of the chosen config "

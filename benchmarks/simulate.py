@@ -232,6 +232,9 @@ def sync_halving_stop_epochs(best_so_far: np.ndarray, grace_period: int, reducti
     return stop
 
 
+NO_HALVING = "off"  # the design's ``halving`` when search.early_stopping.enabled is false
+
+
 def no_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
                    max_t: int) -> np.ndarray:
     """Epochs each trial trains WITHOUT early stopping (``search.early_stopping.enabled: false``):
@@ -316,7 +319,7 @@ def _simulate_chunk(g, E, R, K, T, effect, crn, lr_star_b, epochs_star_b, bad_co
     best = np.fmax.accumulate(val, axis=-1)
     best = np.where(np.isnan(val), np.nan, best)
     halving = {"async": asha_stop_epochs, "sync": sync_halving_stop_epochs,
-               "off": no_stop_epochs}[p["halving"]]
+               NO_HALVING: no_stop_epochs}[p["halving"]]
     trained = halving(best.reshape(E * R * A, T, M), p["grace_period"], p["reduction_factor"], M)
     trained = trained.reshape(shape)
     mask = epoch <= trained[..., None]

@@ -19,6 +19,7 @@ from benchmarks.bench_calibration import (
 )
 from benchmarks.simulate import (
     DESIGN,
+    NO_HALVING,
     REAL_RUN_NOISE_SCALE,
     asha_rungs,
     asha_stop_epochs,
@@ -72,7 +73,7 @@ def test_the_calibration_simulates_the_shipped_default_design():
     assert design["max_epochs"] == cfg.search.max_epochs
     assert design["grace_period"] == cfg.search.early_stopping.grace_period
     es = cfg.search.early_stopping
-    assert design["halving"] == (es.halving if es.enabled else "off")
+    assert design["halving"] == (es.halving if es.enabled else NO_HALVING)
     assert design["reduction_factor"] == cfg.search.early_stopping.reduction_factor
     assert 10 ** design["lr_low"] == pytest.approx(1e-4) and 10 ** design["lr_high"] == pytest.approx(1e-2)
 
@@ -87,7 +88,7 @@ def test_without_early_stopping_every_trial_trains_to_the_end_unless_it_ends_on_
     best = np.fmax.accumulate(np.random.default_rng(0).random((2, 3, 10)), axis=-1)
     best[1, 2, 4:] = np.nan  # diverged after epoch 4
     assert no_stop_epochs(best, 1, 3, 10).tolist() == [[10, 10, 10], [10, 10, 4]]
-    assert check_halving({"halving": "off"}) == 0, "nothing to check against"
+    assert check_halving({"halving": NO_HALVING}) == 0, "nothing to check against"
 
 
 def test_asha_rungs_are_rays():
