@@ -303,10 +303,9 @@ def _halving_sentence(trials: pd.DataFrame, tests: pd.DataFrame) -> str | None:
     ranking at the epochs the confirmation trains (on CIFAR-10 it moved the comparison by about 3
     points, benchmarks/README.md)."""
     search = trials[trials["stage"] == "search"]
-    cut = int((search["status"] == STOPPED_EARLY).sum()) if "status" in search else 0
-    sens = tests[(tests["level"] == SENSITIVITY)] if "level" in tests else tests.iloc[:0]
-    rising = sens[(pd.to_numeric(sens["estimate"], errors="coerce") > 0)
-                  & (pd.to_numeric(sens["p_value"], errors="coerce") < ALPHA)] if len(sens) else sens
+    cut = int((search["status"] == STOPPED_EARLY).sum())
+    s = tests[tests["level"] == SENSITIVITY]  # as _sensitivity_sentences reads them
+    rising = s[(s["estimate"] > 0) & (s["p_value"] < ALPHA)]
     if not cut or rising.empty:
         return None
     parts = [f"{r['arm_a']} rho {r['estimate']:+.2f} (p={r['p_value']:.2g}, n={int(r['n'])})"

@@ -177,6 +177,17 @@ def asha_rungs(max_t: int, grace_period: int, reduction_factor: float) -> list[i
     return [int(grace_period * reduction_factor ** k) for k in range(n)]
 
 
+NO_HALVING = "off"  # the design's ``halving`` when search.early_stopping.enabled is false
+
+
+def no_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
+                   max_t: int) -> np.ndarray:
+    """Epochs each trial trains WITHOUT early stopping (``search.early_stopping.enabled: false``):
+    every trial trains to ``max_t`` unless it ends on its own (NaN) first."""
+    ends = np.isnan(best_so_far)
+    return np.where(ends.any(-1), ends.argmax(-1), max_t)
+
+
 def asha_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
                      max_t: int) -> np.ndarray:
     """Epochs each trial trains under asynchronous successive halving, trials of a cell arriving
@@ -185,8 +196,7 @@ def asha_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_facto
     ``np.nanpercentile`` (1 - 1/rf) of the values recorded there before it (none recorded: it
     continues), as Ray's ``_Bracket`` does; a trial that reaches ``max_t`` ends there."""
     cells, trials, _ = best_so_far.shape
-    ends = np.isnan(best_so_far)  # ended on its own from that epoch on
-    own_end = np.where(ends.any(-1), ends.argmax(-1), max_t)  # epochs actually trained if never stopped
+    own_end = no_stop_epochs(best_so_far, grace_period, reduction_factor, max_t)  # if never stopped
     stop = own_end.copy()
     rungs = asha_rungs(max_t, grace_period, reduction_factor)
     recorded = {m: np.full((cells, trials), np.nan) for m in rungs}
@@ -216,8 +226,7 @@ def sync_halving_stop_epochs(best_so_far: np.ndarray, grace_period: int, reducti
     still running go on, at every rung; no trial is exempt. A trial that ended on its own (NaN)
     takes no part in the rungs after its end."""
     cells, trials, _ = best_so_far.shape
-    ends = np.isnan(best_so_far)
-    stop = np.where(ends.any(-1), ends.argmax(-1), max_t)
+    stop = no_stop_epochs(best_so_far, grace_period, reduction_factor, max_t)
     alive = stop >= 1
     for m in asha_rungs(max_t, grace_period, reduction_factor):
         if m >= max_t:
@@ -230,17 +239,6 @@ def sync_halving_stop_epochs(best_so_far: np.ndarray, grace_period: int, reducti
         stop[cut] = np.minimum(stop[cut], m)
         alive = reach & ~cut
     return stop
-
-
-NO_HALVING = "off"  # the design's ``halving`` when search.early_stopping.enabled is false
-
-
-def no_stop_epochs(best_so_far: np.ndarray, grace_period: int, reduction_factor: float,
-                   max_t: int) -> np.ndarray:
-    """Epochs each trial trains WITHOUT early stopping (``search.early_stopping.enabled: false``):
-    every trial trains to ``max_t`` unless it ends on its own (NaN) first."""
-    ends = np.isnan(best_so_far)
-    return np.where(ends.any(-1), ends.argmax(-1), max_t)
 
 
 def _nanpercentile_rows(x: np.ndarray, q: float) -> np.ndarray:
