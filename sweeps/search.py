@@ -242,8 +242,10 @@ class ArmOptunaSearch(OptunaSearch):
                 "seed": seed, "stage": "search"}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials:  # finished in the study before a resume (match_study)
+            return
         super().on_trial_result(trial_id, result)
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        if trial_id in self._ot_trials:
             self._last_step[trial_id] = int(result["training_iteration"])
             self._last_result[trial_id] = dict(result)
 
@@ -281,19 +283,32 @@ class ArmOptunaSearch(OptunaSearch):
 
     def restore(self, checkpoint_path: str):
         super().restore(checkpoint_path)
-        self.fail_orphans()
+        self.match_study()
 
-    def fail_orphans(self) -> int:
-        """Mark study trials left RUNNING that this searcher does not track (asked after the last
-        experiment checkpoint, before a crash) as FAIL, so the study matches the experiment. The
-        searcher then asks again for the same index (and so the same design point and seed)."""
-        known = {t.number for t in self._ot_trials.values()}
-        orphans = [t for t in self._ot_study.get_trials(deepcopy=False,
-                                                        states=(optuna.trial.TrialState.RUNNING,))
-                   if t.number not in known]
-        for t in orphans:
-            self._ot_study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-        return len(orphans)
+    def match_study(self) -> tuple[int, int]:
+        """Make this searcher, restored from Tune's last experiment snapshot, agree with its study,
+        which the driver wrote to at once and so may be ahead of the snapshot after a crash:
+
+        * a study trial left RUNNING that this searcher does not track (asked after the snapshot)
+          becomes FAIL; the searcher then asks again for the same index (so the same design point
+          and seed);
+        * a trial it tracks as running that the study has finished (told after the snapshot) counts
+          as completed: Tune runs it again from its last checkpoint, and its repeated results and
+          end leave the finished study trial as it was (the same seed gives the same values).
+
+        Returns (orphans failed, finished trials taken as completed)."""
+        running = optuna.trial.TrialState.RUNNING
+        trials = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        known = {t.number: tid for tid, t in self._ot_trials.items()}
+        orphans = [n for n, t in trials.items() if t.state == running and n not in known]
+        for n in orphans:
+            self._ot_study.tell(n, state=optuna.trial.TrialState.FAIL)
+        finished = [tid for n, tid in known.items() if tid not in self._completed_trials
+                    and n in trials and trials[n].state.is_finished()]
+        for tid in finished:
+            self._completed_trials.add(tid)
+            self._last_result.pop(tid, None)
+        return len(orphans), len(finished)
 
     @property
     def study(self) -> optuna.Study:
@@ -342,7 +357,7 @@ class StratifiedSearch(Searcher):
         self._cell_of, self._counts = state["cell_of"], state["counts"]
         for cell, searcher_state in state["searchers"].items():
             self._searchers[cell].__dict__.update(searcher_state)
-            self._searchers[cell].fail_orphans()
+            self._searchers[cell].match_study()
 
     @property
     def studies(self) -> dict[str, optuna.Study]:

@@ -300,7 +300,7 @@ def test_sigkill_while_trials_wait_at_a_rung_then_resume_makes_the_same_promotio
     for study in _studies(exp).values():
         states = [t.state.name for t in study.trials]
         assert sorted(s for s in states if s != "FAIL") == ["COMPLETE", "PRUNED", "PRUNED"], states
-        # A FAIL is a study trial asked after Tune's last snapshot (ArmOptunaSearch.fail_orphans): its
+        # A FAIL is a study trial asked after Tune's last snapshot (ArmOptunaSearch.match_study): its
         # index was asked again, so the same design point and seed ran in its place.
         asked_again = {t.user_attrs["trial_index"] for t in study.trials if t.state.name != "FAIL"}
         assert all(t.user_attrs["trial_index"] in asked_again for t in study.trials if t.state.name == "FAIL")

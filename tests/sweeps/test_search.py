@@ -464,6 +464,34 @@ def test_restore_fails_orphaned_running_study_trials(tmp_path):
     assert fresh.suggest("c")["arm"] == "selu", "the restored searcher asks again for the lost slot"
 
 
+def test_restore_takes_trials_the_study_finished_after_the_last_save_as_finished(tmp_path):
+    """The driver told the study a trial's end (PostgreSQL/SQLite commit at once), then died before
+    Tune's next snapshot: the restored searcher still tracks the trial as running and Tune runs it
+    again. Its repeated results and end must leave the finished study trial as it was, not raise
+    UpdateFinishedTrialError (which failed the trial and the resumed sweep: CI, 2026-12-07)."""
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path}/o.db")
+    cfg = _cfg("search.num_samples=2")
+    searcher = make_searcher(cfg, storage)
+    searcher.suggest("a")
+    searcher.save(str(tmp_path / "state.pkl"))  # Tune's last snapshot: "a" running
+    result = {"epoch": 2.0, "target_epochs": 2.0, "training_iteration": 2, "val_accuracy": 0.4,
+              "best_val_accuracy": 0.4, "best_epoch": 2.0, "diverged": 0.0}
+    searcher.on_trial_result("a", {**result, "epoch": 1.0, "training_iteration": 1, "val_accuracy": 0.3})
+    searcher.on_trial_complete("a", result)  # told to the study, then the driver dies
+    fresh = make_searcher(cfg, storage)
+    fresh.restore(str(tmp_path / "state.pkl"))
+    cell = next(c for c, s in fresh._searchers.items() if "a" in s._ot_trials)
+    before = fresh.studies[cell].trials[0]
+    assert before.state == optuna.trial.TrialState.COMPLETE
+    fresh.on_trial_result("a", {**result, "epoch": 1.0, "training_iteration": 1, "val_accuracy": 0.3})
+    fresh.on_trial_result("a", result)
+    fresh.on_trial_complete("a", {**result, "val_accuracy": 0.41})  # rerun: must not raise
+    after = fresh.studies[cell].trials[0]
+    assert (after.state, after.value, after.intermediate_values, after.user_attrs) == \
+        (before.state, before.value, before.intermediate_values, before.user_attrs)
+    assert fresh.suggest("b") is not None, "the restored searcher goes on with the next trial"
+
+
 def test_asha_stop_is_marked_as_stopped_early_end_to_end(ray_local, tiny_dataset, tmp_path):
     """A real Tune run: the second trial (lr 1e-7, learns nothing) is cut by ASHA at epoch 1; the
     first runs to max_t, where ASHA says STOP too, and its study trial still holds epoch 3."""
