@@ -33,7 +33,7 @@ from analysis.metrics import trial_metrics
 from analysis.overfitting import overfitting_by_epoch
 from analysis.provenance import describe_data, run_summary
 from analysis.report import Report, build_report, save_report, write_report
-from analysis.sequential import Plan, look, plan_from_config
+from analysis.sequential import Plan, look, plan_from_config, with_final_look
 from analysis.stats import expected_max, holm, holm_levels, spearman_test
 from analysis.studies import load_studies
 from analysis.summaries import (
@@ -52,5 +52,5 @@ __all__ = [
     "holm_levels", "load_results", "load_studies", "look", "matched_epoch_gap_tests",
     "overfitting_by_epoch", "param_importances", "plan_from_config", "primary_metric",
     "replicate_differences", "replicate_table", "run_summary", "save_report", "search_summary",
-    "sensitivity_tests", "spearman_test", "trial_metrics", "verdict", "write_report",
+    "sensitivity_tests", "spearman_test", "trial_metrics", "verdict", "with_final_look", "write_report",
 ]

@@ -14,8 +14,9 @@ verdict.json (``Conclusion.record``, schema_version 2; NaN is written as null):
 * ``primary_metric`` (``analysis.primary``), ``primary_metric_label``, ``unit`` ("replicate"),
   ``counting`` (every run, diverged ones at their recorded accuracy), ``test``, ``alpha``;
 * ``replicates_run`` (complete replicate pairs used), ``looks`` (looks made, 1-based index of the
-  last), ``looks_planned``, ``plan`` {min, max}, ``boundary`` (method, nominal alpha and critical
-  t of this look, TOST's one-sided alpha and critical t, the margin, the interval levels);
+  last), ``looks_planned``, ``plan`` {min, max, final_look: the R at which the budget made a look
+  the last, or null}, ``boundary`` (method, final_look, nominal alpha and critical t of this look,
+  TOST's one-sided alpha and critical t, the margin, the interval levels);
 * ``mde_points`` (smallest difference this run detects with 80% power at the observed spread and
   this look's level), ``sd_points`` (sd of the replicate differences), ``replicates_for_power`` (R
   at which the observed difference would be detected with 80% power; null: none up to 10,000);
@@ -40,7 +41,7 @@ verdict.json (``Conclusion.record``, schema_version 2; NaN is written as null):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -388,14 +389,22 @@ def declared_primary(meta: dict | None) -> tuple[str | None, list[str]]:
 
 
 def declared_plan(meta: dict | None) -> tuple[sequential.Plan | None, list[str]]:
-    """The replicate plan of the first experiment with a config (None without one)."""
+    """The replicate plan of the first experiment with a config (None without one), with the
+    look its budget made the last (``final-look.json``), if it recorded one."""
     for name, m in (meta or {}).items():
         cfg = (m or {}).get("config")
         if cfg:
             try:
-                return sequential.plan_from_config(cfg), []
+                plan = sequential.plan_from_config(cfg)
             except ValueError as e:
                 return None, [f"`{name}`: {e}; the report treats the replicates run as a fixed design"]
+            record = (m or {}).get("final_look")
+            if record is None:
+                return plan, []
+            try:
+                return sequential.with_final_look(plan, record), []
+            except ValueError as e:  # the planned levels: what the sweep spent before its last look
+                return plan, [f"`{name}`: {e}; ignored: every look is tested at the plan's level"]
     return None, []
 
 
@@ -414,7 +423,9 @@ def _answer(look: dict, label: str, margin_points: float, synthetic: bool) -> st
     where = " (on SYNTHETIC data: says nothing about CIFAR-10)" if synthetic else ""
     r, plural = look["replicates"], "s" if look["replicates"] != 1 else ""
     b = look["boundary"]
-    at = (f"look {look['look']} of {look['looks_planned']}, R={r} replicate pair{plural}"
+    cut = (" planned, the last the budget allowed"
+           if look.get("final_look") == r and look["look"] < look["looks_planned"] else "")
+    at = (f"look {look['look']} of {look['looks_planned']}{cut}, R={r} replicate pair{plural}"
           if look["looks_planned"] > 1 else f"R={r} replicate pair{plural}")
     if look["decision"] == "winner":
         a, l_ = (look["arm_a"], look["arm_b"]) if look["difference"] > 0 else (look["arm_b"], look["arm_a"])
@@ -472,7 +483,7 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
             notes.append(f"No replicate plan was recorded (no config.yaml): the {r} replicate(s) run are "
                          f"tested as a fixed design, one look at alpha={alpha}.")
     notes += n1
-    plan = sequential.Plan(plan.min_replicates, plan.max_replicates, alpha)
+    plan = replace(plan, alpha=alpha)
     has_confirm = bool(((trials["stage"] == stage) & trials["status"].isin(USABLE)).any())
     look = sequential.look(trials, plan, margin_points=margin_points, metric=metric, final=True)
     b = look["boundary"]
@@ -556,7 +567,7 @@ def conclude(trials: pd.DataFrame, epochs: pd.DataFrame | None = None, meta: dic
         "test": look["test"],
         "alpha": alpha,
         "min_replicates": MIN_REPLICATES,
-        "plan": {"min": plan.min_replicates, "max": plan.max_replicates},
+        "plan": {"min": plan.min_replicates, "max": plan.max_replicates, "final_look": plan.final_look},
         "replicates_run": look["replicates"],
         "looks": look["look"],
         "looks_planned": look["looks_planned"],

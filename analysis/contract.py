@@ -15,6 +15,7 @@ MARKER = ".selu-sweep.json"   # ownership marker: tool, version, name, creation 
 CONFIG_FILE = "config.yaml"   # the resolved config (passwords redacted)
 DATA_FILE = "data.json"       # the data: source, sizes, digest, official release or not
 RUNS_FILE = "runs.jsonl"      # one line per start or resume: time, host, command line
+FINAL_LOOK_FILE = "final-look.json"  # written when the budget made a look the last: {replicates, reason}
 OPTUNA_DB = "optuna.db"       # the Optuna studies (SQLite), unless search.optuna_storage names a database
 REPORT_DIR = "report"         # the analysis report
 VERDICT_FILE = "verdict.json"  # the verdict for machines, in REPORT_DIR

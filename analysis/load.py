@@ -90,6 +90,7 @@ from analysis.contract import (
     DIVERGED,
     EPOCH_COLUMNS,
     FAILED,
+    FINAL_LOOK_FILE,
     FINISHED,
     INCOMPLETE,
     MAX_NAME,
@@ -485,7 +486,8 @@ def _epoch_table(raw_rows: list[list], row_trial: list[int], trials: pd.DataFram
 def _read_meta(name: str, path: Path, is_sweep: bool, notes: list[str]) -> dict:
     meta: dict[str, dict | None] = {}
     for key, fname, parse, what in (("config", CONFIG_FILE, _yaml_mapping, "YAML mapping"),
-                                    ("data", DATA_FILE, _json_object, "JSON object")):
+                                    ("data", DATA_FILE, _json_object, "JSON object"),
+                                    ("final_look", FINAL_LOOK_FILE, _json_object, "JSON object")):
         f = path / fname
         meta[key] = None
         if not _exists(f):

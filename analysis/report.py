@@ -238,7 +238,8 @@ def _how_to_read(report: Report) -> str:
     plan = rec.get("plan") or {}
     seq = (f"a sequential plan (looks after every replicate pair from R={plan.get('min')} to "
            f"R={plan.get('max')}: {b.get('method')}; nominal level "
-           f"{b.get('nominal_alpha', float('nan')):.4f} per look)" if rec.get("looks_planned", 0) > 1 else
+           f"{b.get('nominal_alpha', float('nan')):.4f} at the look reported)"
+           if rec.get("looks_planned", 0) > 1 else
            f"a fixed design (one look at alpha={rec.get('alpha')})")
     return (f"How to read it. The question, declared before the run (analysis.primary), is the activation "
             f"effect on {LABELS.get(report.primary_metric, report.primary_metric)}. Its unit is the "

@@ -24,12 +24,24 @@ rule more conservative. ``benchmarks/bench_calibration.py`` measures the whole r
 stopping included, on simulated sweeps.
 
 A fixed design (``min == max``) is one look at ``alpha`` (and a TOST at ``alpha``).
+
+**The budget's last look spends the alpha left.** A plan with ``budget_minutes`` may end before
+``max``: after the look at R, the next replicate would not finish within the budget. That look
+is then the final one (``Plan.final_look``, recorded by the runner in ``final-look.json``), and
+its nominal level is the one that brings the chance of crossing at ANY look (the earlier ones at
+the Pocock level, this one at its own) to exactly ``alpha``: ``alpha`` itself when it is the
+first look, the Pocock level when it is the planned last. This keeps the error rate at
+``alpha`` because the budget's stop depends on the clock alone (the time replicates took), never
+on the differences observed (an alpha-spending design whose last look comes at a time fixed
+independently of the data; Lan & DeMets 1983). Without it, a budget that holds 3 replicates would
+test its only look at the 6-look Pocock level (0.0145; critical t 8.2 at 2 df), spending alpha
+on five looks that never happen.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -37,6 +49,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.contract import FINAL_LOOK_FILE
 from analysis.stats import ALPHA
 
 MIN_LOOK = 3          # a paired t-test on replicate differences needs df >= 2
@@ -55,6 +68,7 @@ class Plan:
     min_replicates: int      # first look (>= 3 for a test; a fixed R < 3 is a plan that never tests)
     max_replicates: int      # last look; == min_replicates for a fixed design (one look, full alpha)
     alpha: float = ALPHA
+    final_look: int | None = None  # R of a look the budget made the last (it spends the alpha left)
 
     def __post_init__(self):
         if not (isinstance(self.min_replicates, int) and isinstance(self.max_replicates, int)):
@@ -64,6 +78,11 @@ class Plan:
                              f"{self.min_replicates} and {self.max_replicates}")
         if not 0 < self.alpha < 1:
             raise ValueError(f"Plan: alpha must be in (0, 1), got {self.alpha}")
+        f = self.final_look
+        if f is not None and (isinstance(f, bool) or not isinstance(f, int)
+                              or not self.first_look <= f <= self.last_look):
+            raise ValueError(f"Plan: final_look must be an integer R in {self.first_look}..{self.last_look} "
+                             f"(a look the plan makes), got {f!r}")
 
     @property
     def first_look(self) -> int:
@@ -82,6 +101,11 @@ class Plan:
     @property
     def looks_planned(self) -> int:
         return self.last_look - self.first_look + 1
+
+    @property
+    def cut_short(self) -> bool:
+        """True when the budget made a look before the planned last one the final look."""
+        return self.final_look is not None and self.final_look < self.last_look
 
     def look_index(self, replicates: int) -> int:
         """1-based index of the look made at ``replicates`` complete pairs (0: before the first;
@@ -110,14 +134,33 @@ def plan_from_config(config: dict | None) -> Plan:
     return Plan(reps, reps)
 
 
+def final_look_record(record: Any) -> dict:
+    """A ``final-look.json`` object checked: ``{"replicates": R >= 1, "reason": text}``; ValueError
+    (saying what is wrong) otherwise."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{FINAL_LOOK_FILE}: not a JSON object")
+    r, reason = record.get("replicates"), record.get("reason")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"{FINAL_LOOK_FILE}: 'replicates' must be an integer >= 1, got {r!r}")
+    if not isinstance(reason, str):
+        raise ValueError(f"{FINAL_LOOK_FILE}: 'reason' must be text")
+    return {"replicates": r, "reason": reason}
+
+
+def with_final_look(plan: Plan, record: Any) -> Plan:
+    """``plan`` whose look at the record's R is the last (a fixed design is unchanged: its one
+    look already spends all of alpha). ValueError when the record is malformed or names a look
+    the plan does not make."""
+    r = final_look_record(record)["replicates"]
+    return replace(plan, final_look=r) if plan.sequential else plan
+
+
 # --------------------------------------------------------------------------- boundaries
 
-@lru_cache(maxsize=64)
-def _pocock(first: int, last: int, alpha: float) -> tuple[float, float]:
-    """(two-sided, one-sided) constant nominal levels for t-tests at R = first..last whose chance
-    of rejecting at any look under the null is ``alpha``; Monte Carlo from a fixed seed."""
-    if last <= first:
-        return alpha, alpha
+@lru_cache(maxsize=2)  # 38 MB each at the default plan
+def _null_p_values(first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+    """(two-sided, one-sided) p-values of the paired t-test at R = first..last (columns) on
+    normal paired differences with no true difference; Monte Carlo from a fixed seed."""
     g = np.random.default_rng(BOUNDARY_SEED)
     draws = max(50_000, min(BOUNDARY_DRAWS, 8_000_000 // last))
     x = g.standard_normal((draws, last))
@@ -128,20 +171,60 @@ def _pocock(first: int, last: int, alpha: float) -> tuple[float, float]:
     var = (s2[:, looks] - s1[:, looks] ** 2 / r[looks]) / (r[looks] - 1)
     t = mean / np.sqrt(var / r[looks])
     df = r[looks] - 1
-    two = 2 * stats.t.sf(np.abs(t), df).min(axis=1)
-    one = stats.t.sf(t, df).min(axis=1)
-    return float(np.quantile(two, alpha)), float(np.quantile(one, alpha))
+    return 2 * stats.t.sf(np.abs(t), df), stats.t.sf(t, df)
+
+
+@lru_cache(maxsize=64)
+def _pocock(first: int, last: int, alpha: float) -> tuple[float, float]:
+    """(two-sided, one-sided) constant nominal levels for t-tests at R = first..last whose chance
+    of rejecting at any look under the null is ``alpha``."""
+    if last <= first:
+        return alpha, alpha
+    two, one = _null_p_values(first, last)
+    return float(np.quantile(two.min(axis=1), alpha)), float(np.quantile(one.min(axis=1), alpha))
+
+
+@lru_cache(maxsize=64)
+def _spend_rest(first: int, last: int, final: int, alpha: float) -> tuple[float, float]:
+    """(two-sided, one-sided) nominal levels of a final look at R = ``final`` after looks at
+    first..final-1 at the Pocock levels of the plan first..last: the levels at which the chance of
+    crossing at any of the looks made, under the null, is ``alpha`` (the alpha the looks that will
+    not happen would have spent). ``alpha`` for a first look, the Pocock level for the last."""
+    pocock = _pocock(first, last, alpha)
+    if final <= first:
+        return alpha, alpha
+    if final >= last:
+        return pocock
+    out = []
+    for p, level in zip(_null_p_values(first, last), pocock):
+        earlier = (p[:, :final - first] < level).any(axis=1)
+        # a path that crossed earlier counts as rejected (p 0); the rest reject when p_final < level
+        out.append(float(np.quantile(np.where(earlier, 0.0, p[:, final - first]), alpha)))
+    return out[0], out[1]
+
+
+def _levels(plan: Plan, replicates: int) -> tuple[float, float]:
+    """(two-sided, one-sided) nominal levels of the look at ``replicates`` complete pairs."""
+    if not plan.sequential:
+        return plan.alpha, plan.alpha
+    if plan.final_look is not None and replicates >= plan.final_look:
+        return _spend_rest(plan.first_look, plan.last_look, plan.final_look, plan.alpha)
+    return _pocock(plan.first_look, plan.last_look, plan.alpha)
 
 
 def boundary(plan: Plan, replicates: int, margin_points: float) -> dict[str, Any]:
     """What a look at ``replicates`` complete pairs compares against (JSON-able)."""
-    a2, a1 = _pocock(plan.first_look, plan.last_look, plan.alpha) if plan.sequential else \
-        (plan.alpha, plan.alpha)
+    a2, a1 = _levels(plan, replicates)
     df = max(replicates - 1, 1)
+    method = ("Pocock-type: the same nominal level at every look, alpha spent across "
+              f"{plan.looks_planned} looks (R = {plan.first_look}..{plan.last_look})"
+              if plan.sequential else "fixed design: one look at full alpha")
+    if plan.cut_short and replicates >= plan.final_look:
+        method += (f"; the budget made R = {plan.final_look} the last look, which spends the alpha "
+                   f"the looks not made would have spent")
     return {
-        "method": ("Pocock-type: the same nominal level at every look, alpha spent across "
-                   f"{plan.looks_planned} looks (R = {plan.first_look}..{plan.last_look})"
-                   if plan.sequential else "fixed design: one look at full alpha"),
+        "method": method,
+        "final_look": plan.final_look,
         "alpha": plan.alpha,
         "nominal_alpha": a2,
         "critical_t": float(stats.t.isf(a2 / 2, df)),
@@ -195,14 +278,15 @@ def decide(diffs: np.ndarray, plan: Plan, margin_points: float) -> dict[str, np.
 def run_sequential(diffs: np.ndarray, plan: Plan, margin_points: float) -> dict[str, np.ndarray]:
     """Optional stopping on many simulated sweeps: ``diffs`` is (n, >= max) paired differences in
     replicate order; each row looks at R = first..max and stops at its first winner or
-    equivalence. Returns ``decision`` (0 undecided, +1/-1 winner a/b, 2 equivalent) and
-    ``replicates`` used."""
+    equivalence (or at ``plan.final_look``, where a budget ended it). Returns ``decision`` (0
+    undecided, +1/-1 winner a/b, 2 equivalent) and ``replicates`` used."""
     d = np.asarray(diffs, dtype=float)
     n = len(d)
+    last = plan.final_look or plan.max_replicates
     decision = np.zeros(n, dtype=int)
-    used = np.full(n, plan.max_replicates)
+    used = np.full(n, last)
     open_ = np.ones(n, dtype=bool)
-    for r in range(plan.first_look, plan.max_replicates + 1):
+    for r in range(plan.first_look, last + 1):
         if not open_.any():
             break
         res = decide(d[open_, :r], plan, margin_points)
@@ -241,9 +325,10 @@ def look(trials: pd.DataFrame, plan: Plan, *, margin_points: float, metric: str 
          final: bool = False) -> dict:
     """The sequential look at a sweep's loaded trials (all stages; uses the confirmation stage).
 
-    ``decision`` is "winner", "equivalent", "continue" (only when not ``final`` and R < max) or
-    "undecided"; ``winner`` the winning arm or None; ``replicates`` the complete pairs used;
-    ``look`` this look's 1-based index (0 before the first), ``looks_planned``; ``boundary`` (see
+    ``decision`` is "winner", "equivalent", "continue" (only when not ``final`` and R is below
+    max and below ``plan.final_look``) or "undecided"; ``winner`` the winning arm or None;
+    ``replicates`` the complete pairs used; ``look`` this look's 1-based index (0 before the first),
+    ``looks_planned``, ``final_look`` (R of the look the budget made the last, or None); ``boundary`` (see
     :func:`boundary`); ``difference`` (arm_a - arm_b, points), ``ci`` [low, high] and
     ``ci_level`` (1 - nominal alpha of this look), ``equivalence_ci`` at ``equivalence_ci_level``,
     ``p_value`` (nominal), ``sd_points``, ``mde_points``, ``replicates_for_power`` (R at which
@@ -257,7 +342,7 @@ def look(trials: pd.DataFrame, plan: Plan, *, margin_points: float, metric: str 
         trials.loc[trials["stage"] == "confirm", "arm"].dropna().unique())
     pairs = d.groupby(["arm_a", "arm_b"], sort=True) if len(d) else []
     n_pairs = max(1, len(arms) * (len(arms) - 1) // 2)
-    p = plan if n_pairs == 1 else Plan(plan.min_replicates, plan.max_replicates, plan.alpha / n_pairs)
+    p = plan if n_pairs == 1 else replace(plan, alpha=plan.alpha / n_pairs)
     rows = []
     for (a, b), g in pairs:
         res = decide(g["difference"].to_numpy(float)[None] * 100, p, margin_points)
@@ -266,8 +351,9 @@ def look(trials: pd.DataFrame, plan: Plan, *, margin_points: float, metric: str 
     metric_used = d.attrs.get("metric", metric)
     out: dict[str, Any] = {
         "decision": "undecided", "winner": None, "replicates": r_min, "look": plan.look_index(r_min),
-        "looks_planned": plan.looks_planned, "min_replicates": plan.min_replicates,
-        "max_replicates": plan.max_replicates, "alpha": plan.alpha, "metric": metric_used,
+        "looks_planned": plan.looks_planned, "final_look": plan.final_look,
+        "min_replicates": plan.min_replicates, "max_replicates": plan.max_replicates, "alpha": plan.alpha,
+        "metric": metric_used,
         "margin_points": float(margin_points), "boundary": boundary(p, max(r_min, 1), margin_points),
         "arm_a": None, "arm_b": None, "difference": None, "units": POINTS_UNITS, "ci": None, "ci_level": None,
         "equivalence_ci": None, "equivalence_ci_level": None, "p_value": None, "sd_points": None,
@@ -310,7 +396,8 @@ def _winner(rows, arms) -> str | None:
 
 
 def _finish(out: dict, plan: Plan, final: bool) -> dict:
-    if out["decision"] == "undecided" and not final and out["replicates"] < plan.max_replicates:
+    last = plan.final_look or plan.max_replicates
+    if out["decision"] == "undecided" and not final and out["replicates"] < last:
         out["decision"] = "continue"
     return out
 

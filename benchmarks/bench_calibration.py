@@ -14,10 +14,11 @@ variance from the search (see benchmarks/README.md).
 Every experiment's paired replicate differences (every run counted) go through
 ``analysis.sequential.decide`` / ``run_sequential``: the exact code ``analysis.sequential.look``
 runs on a real sweep (checked on a sample through the loader-shaped table at the start of every run).
-Designs: fixed R = 3, 5, 10 (one look at alpha) and the sequential plan (looks at R = 3..8,
-Pocock-type boundaries; optional stopping included). Scenarios: the null (identical arms), bias
-(equal peaks at different optima), heavy tails, a skewed null, config-dependent divergence, and
-planted effects of 1, 2, 5 points.
+Designs: fixed R = 3, 5, 10 (one look at alpha), the sequential plan (looks at R = 3..8,
+Pocock-type boundaries; optional stopping included), and that plan ended by its wall-clock budget
+at R = 4 or 5 (the last look spends the alpha left; ended at R = 3 it is the fixed R = 3 design).
+Scenarios: the null (identical arms), bias (equal peaks at different optima), heavy tails, a
+skewed null, config-dependent divergence, and planted effects of 1, 2, 5 points.
 
     python benchmarks/bench_calibration.py [--experiments 10000] [--smoke-test]
 
@@ -32,6 +33,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,9 @@ from benchmarks.simulate import (  # noqa: E402
 ALPHA = 0.05
 SEQUENTIAL = Plan(3, 8)
 FIXED = (3, 5, 10)
+# Where a wall-clock budget ends the sequential plan early (its last look spends the alpha left;
+# analysis.sequential). At R = 3 that is the fixed R = 3 design (one look at alpha): its rows.
+BUDGET_FINAL = (4, 5)
 # name: (simulate_design keywords, planted effect in points, is it a null: any winner is false?)
 SCENARIOS = {
     "null": ({}, 0.0, True),
@@ -239,6 +244,10 @@ def evaluate(diffs: np.ndarray, margin: float) -> dict[str, dict]:
         out[f"R={r}"] = {"decision": dec, "replicates": np.full(len(diffs), r)}
     out[f"seq {SEQUENTIAL.first_look}..{SEQUENTIAL.max_replicates}"] = run_sequential(
         diffs[:, :SEQUENTIAL.max_replicates], SEQUENTIAL, margin)
+    for f in BUDGET_FINAL:
+        plan = replace(SEQUENTIAL, final_look=f)
+        out[f"seq {SEQUENTIAL.first_look}..{SEQUENTIAL.max_replicates}, budget ends it at R={f}"] = \
+            run_sequential(diffs[:, :f], plan, margin)
     return out
 
 

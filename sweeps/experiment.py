@@ -37,6 +37,7 @@ from analysis._files import redact_text
 from analysis.contract import (
     CONFIG_FILE,
     DATA_FILE,
+    FINAL_LOOK_FILE,
     MARKER,
     OPTUNA_DB,
     REDACTED,
@@ -50,7 +51,7 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "abfs", "abfss")
 # What a sweep puts in its directory, and so all that --overwrite deletes: the files and stage
 # directories of the contract, W&B's offline runs (sweeps.trackers writes them here), the SQLite
 # side files of optuna.db, and the temporary files of an interrupted atomic write.
-LAYOUT = (MARKER, CONFIG_FILE, DATA_FILE, RUNS_FILE, OPTUNA_DB, REPORT_DIR, *STAGES, "wandb")
+LAYOUT = (MARKER, CONFIG_FILE, DATA_FILE, RUNS_FILE, FINAL_LOOK_FILE, OPTUNA_DB, REPORT_DIR, *STAGES, "wandb")
 LAYOUT_PREFIXES = (f"{OPTUNA_DB}-", ".tmp-")
 COPY_MARKER = ".selu-sweep-copy.json"  # in a local copy of a remote experiment (Experiment.local_copy)
 

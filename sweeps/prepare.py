@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from analysis._files import redact_tree
-from analysis.contract import CONFIG_FILE, DATA_FILE, MARKER, RUNS_FILE, SEARCH
+from analysis.contract import CONFIG_FILE, DATA_FILE, FINAL_LOOK_FILE, MARKER, RUNS_FILE, SEARCH
 from sweeps import seeds, trackers
 from sweeps.config import ConfigError, SweepConfig
 from sweeps.experiment import Experiment, check_storage_path, redact
@@ -90,8 +90,27 @@ def check_directory(cfg: SweepConfig, options: RunOptions, exp: Experiment, data
                               "this config has search.enabled: false (just run it without the flag)")
         if not exp.has_stage(SEARCH):
             raise ConfigError(f"--confirm-only: {exp}/search does not exist; run the search first")
+    if exists and (options.resume or options.confirm_only):
+        final_look_record(exp)  # a damaged record is refused here, before Ray starts
     if database and (options.resume or options.confirm_only) and cfg.search.enabled:
         check_study_database(optuna_url(cfg, exp))
+
+
+def final_look_record(exp: Experiment) -> dict | None:
+    """The sweep's ``final-look.json`` (the look its budget made the last), or None; ConfigError
+    (one line with the fix) when it is damaged."""
+    from analysis._files import parse_json
+    from analysis.sequential import final_look_record as checked
+
+    text = exp.read_text(FINAL_LOOK_FILE)
+    if text is None:
+        return None
+    try:
+        return checked(parse_json(text))
+    except ValueError as exc:
+        why = str(exc).split(": ", 1)[-1] if str(exc).startswith(FINAL_LOOK_FILE) else f"invalid JSON ({exc})"
+        raise ConfigError(f"{redact(exp.join(FINAL_LOOK_FILE))}: {why}; it records the look the budget made "
+                          f"the last: restore it, or start a new sweep with --name") from None
 
 
 def _refuse_foreign(exp: Experiment, options: RunOptions) -> None:

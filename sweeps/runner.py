@@ -22,7 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from analysis.contract import CONFIRM, ORIGINAL, REPLICATE_DIR_PREFIX, REPORT_DIR, RUNS_FILE, SEARCH
+from analysis.contract import (
+    CONFIRM,
+    FINAL_LOOK_FILE,
+    ORIGINAL,
+    REPLICATE_DIR_PREFIX,
+    REPORT_DIR,
+    RUNS_FILE,
+    SEARCH,
+)
 from sweeps import seeds, trackers, trust
 from sweeps.completion import (
     CompletionRecords,
@@ -39,6 +47,7 @@ from sweeps.prepare import (
     SweepInterrupted,
     check_directory,
     data_info,
+    final_look_record,
     load_data,
     open_experiment,
     validate,
@@ -421,6 +430,8 @@ def look(cfg: SweepConfig, exp: Experiment, final: bool) -> dict:
     from analysis.load import load_results
 
     plan = sequential.plan_from_config(cfg.to_dict())
+    if (record := final_look_record(exp)) is not None:
+        plan = sequential.with_final_look(plan, record)
     trials = load_results([_local_copy(exp)]).trials
     return sequential.look(trials, plan, margin_points=cfg.analysis.equivalence_margin,
                            metric=cfg.analysis.primary, final=final)
@@ -498,18 +509,14 @@ def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainabl
     plan = cfg.search.replicates
     started = _sweep_started(exp)
     failed = 0
-    for i, reps in enumerate(replicate_batches(cfg)):
+    batches = replicate_batches(cfg)
+    for i, reps in enumerate(batches):
         first = i == 0
         search = Batch(SEARCH, reps, first)
         if not first:
             if not confirming:
                 print(f"search.replicates: a sequential plan looks at confirmed replicates; without the "
                       f"confirmation it stops at {reps[0]}", flush=True)
-                break
-            # A replicate already started (a resumed sweep) is finished whatever the budget says.
-            why = None if _started(exp, search) else _over_budget(cfg, started, reps[0], clock())
-            if why:
-                print(why, flush=True)
                 break
         if options.confirm_only:
             results = _search_results(exp, trainable, search)
@@ -524,11 +531,29 @@ def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainabl
             continue
         failed += run_confirm(cfg, exp, trainable, best, Batch(CONFIRM, reps, first)).num_errors
         if plan.sequential:
-            decision = look(cfg, exp, final=reps[-1] + 1 >= int(plan))
+            completed = reps[-1] + 1
+            # The budget's stop depends on the clock alone, so it is decided before the look: a look
+            # after which no replicate can be added is the final one and spends the alpha left
+            # (recorded first, for the report and for --resume). A replicate already started (a
+            # resumed sweep) is finished whatever the budget says.
+            nxt = batches[i + 1] if i + 1 < len(batches) else None
+            recorded, why = final_look_record(exp), None
+            if recorded is None and nxt is not None and not _started(exp, Batch(SEARCH, nxt, False)):
+                why = _over_budget(cfg, started, completed, clock())
+                if why:
+                    recorded = {"replicates": completed, "reason": why}
+                    exp.write_text(FINAL_LOOK_FILE, json.dumps(recorded) + "\n")
+            last = recorded is not None and recorded["replicates"] <= completed
+            decision = look(cfg, exp, final=nxt is None or last)
             print(look_line(decision), flush=True)
             if decision.get("decision") in ("winner", "equivalent"):
                 break
+            if last:
+                print(why or f"the look at R = {completed} was the last ({FINAL_LOOK_FILE}: "
+                      f"{recorded['reason']}); its alpha is spent, so no replicate is added", flush=True)
+                break
     return failed
+
 
 
 def run_sweep(cfg: SweepConfig, options: RunOptions = RunOptions(), dataset=None, *,

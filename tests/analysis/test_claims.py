@@ -233,3 +233,22 @@ def test_the_original_configuration_is_a_secondary_estimand_that_never_decides_t
     assert c.record["secondary_tests"] == plain.record["secondary_tests"] + 1
     assert plain.record["original_configuration"] is None
     assert not any(s.startswith("Original configuration") for s in plain.claims)
+
+
+def test_a_look_the_budget_made_final_is_tested_at_the_alpha_left_and_says_so():
+    """The report reads final-look.json (meta "final_look"): R = 3 of a 3..8 plan, the last look the
+    budget allowed, is tested at full alpha and the answer says why; a damaged record is ignored
+    with a note, and the look keeps the plan's level."""
+    t, e = _sweep(3, 2.0, rng=11, seed_sd=0.002, split_sd=0.002, curvature_lr=0.0, curvature_epochs=0.0)
+    config = {"search": {"replicates": {"min": 3, "max": 8, "budget_minutes": 55}}}
+    record = {"replicates": 3, "reason": "budget: ..."}
+    cut = {"sim": {**CIFAR["sim"], "config": config, "final_look": record}}
+    rec = conclude(t, e, cut).record
+    assert rec["plan"] == {"min": 3, "max": 8, "final_look": 3}
+    assert rec["boundary"]["nominal_alpha"] == 0.05 and rec["boundary"]["final_look"] == 3
+    assert "look 1 of 6 planned, the last the budget allowed, R=3 replicate pairs" in rec["answer"]
+    damaged = {"sim": {**cut["sim"], "final_look": {"replicates": "three"}}}
+    c = conclude(t, e, damaged)
+    assert c.record["boundary"]["nominal_alpha"] == pytest.approx(0.0145, abs=5e-4)
+    assert c.record["plan"]["final_look"] is None
+    assert any("ignored: every look is tested at the plan's level" in n for n in c.claims)

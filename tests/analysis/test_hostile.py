@@ -194,7 +194,8 @@ def test_an_alias_bomb_in_config_yaml_is_refused_at_once(exp):
 
 @pytest.mark.parametrize("target, what", [
     ("config.yaml", "config"), (".selu-sweep.json", "marker"), ("runs.jsonl", "runs"),
-    ("data.json", "data"), ("optuna.db", "optuna"), ("search/{trial}/params.json", "params"),
+    ("data.json", "data"), ("final-look.json", "final look"), ("optuna.db", "optuna"),
+    ("search/{trial}/params.json", "params"),
     ("search/{trial}/result.json", "result"),
 ])
 def test_a_fifo_as_a_control_file_never_blocks(exp, target, what):
@@ -206,8 +207,9 @@ def test_a_fifo_as_a_control_file_never_blocks(exp, target, what):
     ok(cli(exp, timeout=120))
 
 
-@pytest.mark.parametrize("target", ["config.yaml", "data.json", "runs.jsonl", ".selu-sweep.json",
-                                    "search/{trial}/params.json", "search/{trial}/result.json"])
+@pytest.mark.parametrize("target", ["config.yaml", "data.json", "final-look.json", "runs.jsonl",
+                                    ".selu-sweep.json", "search/{trial}/params.json",
+                                    "search/{trial}/result.json"])
 def test_a_control_file_linked_out_of_the_experiment_is_not_read(exp, tmp_path, target):
     secret = tmp_path / "outside.txt"
     secret.write_text(json.dumps({"command": "OUTSIDE-SECRET", "source": "OUTSIDE-SECRET",

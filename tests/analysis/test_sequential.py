@@ -121,3 +121,59 @@ def test_mde_and_replicates_for_power_agree():
     res = look(_trials([1.0, 2.5, 0.2, 1.8]), Plan(3, 8), margin_points=0.5, final=True)
     assert res["mde_points"] == pytest.approx(mde(res["sd_points"], 4, res["boundary"]["nominal_alpha"]))
     assert res["replicates_for_power"] > 4
+
+
+def test_a_look_the_budget_made_final_spends_the_alpha_left_in_an_independent_simulation():
+    """The budget ends a 3..8 plan at R = f, a time fixed independently of the data: looks 3..f-1
+    at the Pocock level and f at its own level cross about 5% of the time under no difference
+    (independent draws; 3 Monte Carlo s.e.), for every f. The first look alone is a t-test at
+    full alpha; the planned last look keeps the Pocock level."""
+    d = np.random.default_rng(2468).standard_normal((60_000, 8)) * 0.9
+    tol = 3 * np.sqrt(0.05 * 0.95 / len(d))
+    levels = []
+    for f in (3, 4, 5, 7, 8):
+        plan = Plan(3, 8, final_look=f)
+        res = sequential.run_sequential(d, plan, margin_points=1e-9)
+        assert abs(np.mean(res["decision"] != 0) - 0.05) < tol, f
+        assert res["replicates"].max() == f
+        levels.append(boundary(plan, f, 2.0)["nominal_alpha"])
+    assert levels[0] == 0.05 and levels[-1] == boundary(Plan(3, 8), 8, 2.0)["nominal_alpha"]
+    assert levels == sorted(levels, reverse=True)  # the earlier it ends, the more alpha is left
+    assert boundary(Plan(3, 8, final_look=5), 4, 2.0)["nominal_alpha"] == boundary(Plan(3, 8), 4, 2.0)[
+        "nominal_alpha"], "the looks before the final one keep the plan's level"
+
+
+def test_tost_at_a_budget_final_look_rarely_calls_a_margin_sized_difference_equivalent():
+    margin = 1.0
+    d = margin + np.random.default_rng(8).standard_normal((60_000, 8)) * 0.5
+    for f in (3, 5):
+        res = sequential.run_sequential(d, Plan(3, 8, final_look=f), margin)
+        assert np.mean(res["decision"] == 2) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / len(d)), f
+
+
+def test_the_2026_12_07_run_decides_at_the_look_its_budget_made_final():
+    """default.yaml on CIFAR-10 (2026-12-07, 2 CPUs): the 55-minute budget held 3 replicates, whose
+    relu - selu differences were +1.88, +2.35 and +2.99 points (p 0.0174). Tested at the 6-look
+    Pocock level (0.0145) it was undecided; as the last look the budget allowed, it spends the
+    alpha of the five looks that could not happen, and relu wins."""
+    diffs = [1.88, 2.35, 2.99]
+    planned = look(_trials(diffs), Plan(3, 8), margin_points=2.0, final=True)
+    assert planned["decision"] == "undecided" and 0.0145 < planned["p_value"] < 0.05
+    cut = look(_trials(diffs), Plan(3, 8, final_look=3), margin_points=2.0)
+    assert (cut["decision"], cut["winner"], cut["final_look"]) == ("winner", "relu", 3)
+    assert cut["boundary"]["nominal_alpha"] == 0.05 and cut["ci"][0] > 0
+    assert "the budget made R = 3 the last look" in cut["boundary"]["method"]
+    # Undecided at the final look is final: not "continue", even when the caller does not say so.
+    flat = look(_trials([1.0, -1.5, 2.0, 0.2]), Plan(3, 8, final_look=4), margin_points=0.5)
+    assert flat["decision"] == "undecided"
+
+
+def test_a_final_look_record_is_checked_and_fits_the_plan():
+    record = {"replicates": 5, "reason": "budget"}
+    assert sequential.with_final_look(Plan(3, 8), record) == Plan(3, 8, final_look=5)
+    assert sequential.with_final_look(Plan(4, 4), {"replicates": 4, "reason": "budget"}) == Plan(4, 4)
+    for bad in ([], {"replicates": "5", "reason": "x"}, {"replicates": True, "reason": "x"},
+                {"replicates": 0, "reason": "x"}, {"replicates": 5}, {"replicates": 9, "reason": "x"},
+                {"replicates": 2, "reason": "x"}):
+        with pytest.raises(ValueError, match="final_look|final-look.json"):
+            sequential.with_final_look(Plan(3, 8), bad)

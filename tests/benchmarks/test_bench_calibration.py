@@ -37,7 +37,9 @@ def test_calibration_benchmark_smoke_test_runs_every_step():
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if "| R=" in line or "| seq " in line]
-    assert len(rows) == 5 * 4  # 5 scenarios x (R = 3, 5, 10 and the sequential plan)
+    # 5 scenarios x (R = 3, 5, 10, the sequential plan, and that plan ended by its budget at R = 4 and 5)
+    assert len(rows) == 5 * 6
+    assert sum("| seq 3..8, budget ends it at R=4 |" in line for line in rows) == 5
     assert "ran every step" in proc.stdout
     cfg = load_config()
     if cfg.search.early_stopping.enabled:  # the header names the shipped schedule and what checked it

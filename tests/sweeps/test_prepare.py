@@ -69,3 +69,26 @@ def test_the_directory_check_under_the_lock_does_not_connect_to_the_database_aga
     assert len(connected) == 1
     prepare.check_directory(cfg, options, exp, database=False)
     assert len(connected) == 1
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{not json", "invalid JSON"),
+    ('{"replicates": "3", "reason": "budget"}', "'replicates' must be an integer"),
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_resume_refuses_a_damaged_final_look_record_before_anything_starts(monkeypatch, tmp_path, capsys,
+                                                                          text, why):
+    """final-look.json says which look the budget made the last (it sets that look's level): a
+    damaged one stops --resume at validation, one line, exit 2, the file left as it was."""
+    cfg = load_config(CONFIG_DIR / "smoke.yaml", [f"storage_path={tmp_path}"])
+    exp = Experiment(cfg.storage_path, cfg.name)
+    exp.create()
+    exp.write_text("config.yaml", prepare._saved_config(cfg))
+    (tmp_path / cfg.name / "final-look.json").write_text(text)
+    monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: pytest.fail("the sweep started"))
+    monkeypatch.setattr(prepare, "check_study_database", lambda url: None)
+    rc = run.main(["--storage-path", str(tmp_path), "--name", cfg.name, "--resume"])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "final-look.json" in err and why in err and "restore it, or start a new sweep with --name" in err
+    assert (tmp_path / cfg.name / "final-look.json").read_text() == text

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from analysis.contract import MARGIN_POINTS
+from analysis.contract import FINAL_LOOK_FILE, MARGIN_POINTS
 from analysis.load import load_results
 from sweeps import runner, seeds
 from sweeps.config import CONFIG_DIR, load_config
@@ -448,15 +448,22 @@ class _FakeSequential:
     ``decisions[R]`` at R complete pairs ("continue" when absent and not final)."""
 
     def __init__(self, decisions: dict[int, str]):
-        self.decisions, self.looks = decisions, []
+        self.decisions, self.looks, self.final_looks = decisions, [], []
 
     def plan_from_config(self, config):
         plan = config["search"]["replicates"]
-        return {"min_replicates": plan["min"], "max_replicates": plan["max"]}
+        return {"min_replicates": plan["min"], "max_replicates": plan["max"], "final_look": None}
+
+    def final_look_record(self, record):
+        return record
+
+    def with_final_look(self, plan, record):
+        return {**plan, "final_look": record["replicates"]}
 
     def look(self, trials, plan, *, margin_points, metric=None, final=False):
         pairs = int(trials[trials["stage"] == "confirm"]["replicate"].nunique())
         self.looks.append((pairs, final, margin_points))
+        self.final_looks.append(plan["final_look"])
         decision = self.decisions.get(pairs, "undecided" if final else "continue")
         return {"decision": decision, "winner": "selu" if decision == "winner" else None,
                 "replicates": pairs,
@@ -467,7 +474,8 @@ class _FakeSequential:
                 "test": "fake", "reason": None}
 
 
-def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=None, started=()):
+def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=None, started=(),
+                 final_look=None):
     """The runner's loop over fake stages: each confirmed batch writes its replicates' trials into
     a handmade trials table that the fake look reads. Returns (ran batches, fake sequential)."""
     import sys
@@ -516,6 +524,8 @@ def _fake_stages(monkeypatch, tmp_path, decisions, budget_minutes=None, clock=No
     exp = Experiment(str(tmp_path), cfg.name)
     Path(exp.path).mkdir(parents=True)
     (Path(exp.path) / "runs.jsonl").write_text(json.dumps({"time": "2026-01-01T00:00:00+0000"}) + "\n")
+    if final_look is not None:
+        (Path(exp.path) / FINAL_LOOK_FILE).write_text(json.dumps(final_look))
     runner._run_stages(cfg, runner.RunOptions(), exp, trainable=None, exp_id="x", clock=clock or time.time)
     return ran, fake
 
@@ -547,24 +557,50 @@ def test_a_sequential_plan_stops_at_max_with_a_final_look_or_on_equivalence(monk
     assert [b for stage, b, _, _ in ran] == [(0, 1, 2), (0, 1, 2)] and len(fake.looks) == 1
 
 
-def test_a_replicate_that_would_end_after_the_budget_is_not_started(monkeypatch, tmp_path, capsys):
+def test_a_replicate_that_would_end_after_the_budget_is_not_started_and_the_look_before_is_final(
+        monkeypatch, tmp_path, capsys):
     """Budget 50 min; the sweep started at 00:00. After 3 replicates at 00:30 (10 min each) a 4th
-    would end at 40 min: it runs; after it, at 00:45 (11.25 min each), a 5th would end at 56 min."""
+    would end at 40 min: it runs; after it, at 00:45 (11.25 min each), a 5th would end at 56 min,
+    so the look at R = 4 is the final one (it spends the alpha left), recorded in final-look.json
+    before it is made, so that the report tests that look at the same level."""
     import calendar
 
     t0 = calendar.timegm((2026, 1, 1, 0, 0, 0))
     now = iter([t0 + 30 * 60, t0 + 45 * 60])
-    ran, _ = _fake_stages(monkeypatch, tmp_path, decisions={}, budget_minutes=50,
-                          clock=lambda: next(now))
+    ran, fake = _fake_stages(monkeypatch, tmp_path, decisions={}, budget_minutes=50,
+                             clock=lambda: next(now))
     assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,)]
+    assert fake.looks == [(3, False, MARGIN_POINTS), (4, True, MARGIN_POINTS)]
+    assert fake.final_looks == [None, 4]
+    record = json.loads((tmp_path / "smoke" / FINAL_LOOK_FILE).read_text())
+    assert record["replicates"] == 4 and record["reason"].startswith("budget: another replicate")
     out = capsys.readouterr().out
     assert "budget: another replicate (about 11.2 min) would end at 56.2 of search.replicates." \
            "budget_minutes 50" in out and "stopping at 4 replicates" in out
+    assert out.index("look 2/4 after 4") < out.index("budget: another replicate")
     # Resumed after the budget: a replicate that had started is finished, no new one is begun.
     now = iter([t0 + 90 * 60, t0 + 95 * 60])
-    ran, _ = _fake_stages(monkeypatch, tmp_path / "again", decisions={}, budget_minutes=50,
-                          clock=lambda: next(now), started=[(3,)])
+    ran, fake = _fake_stages(monkeypatch, tmp_path / "again", decisions={}, budget_minutes=50,
+                             clock=lambda: next(now), started=[(3,)])
     assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,)]
+    assert fake.looks[-1] == (4, True, MARGIN_POINTS)
+
+
+def test_a_resumed_sweep_adds_no_replicate_after_the_look_its_budget_made_final(monkeypatch, tmp_path,
+                                                                                capsys):
+    """final-look.json says the budget made R = 4 the last look; resumed with a clock that would
+    now let a replicate in (as if the budget had been raised), the sweep repeats its looks at
+    R = 3 and 4, the last at the final level, and adds no fifth replicate: that alpha is spent."""
+    import calendar
+
+    t0 = calendar.timegm((2026, 1, 1, 0, 0, 0))
+    ran, fake = _fake_stages(monkeypatch, tmp_path, decisions={}, budget_minutes=50,
+                             clock=lambda: t0 + 60, started=[(3,)],
+                             final_look={"replicates": 4, "reason": "budget: ..."})
+    assert [b for stage, b, _, _ in ran if stage == "search"] == [(0, 1, 2), (3,)]
+    assert fake.looks == [(3, False, MARGIN_POINTS), (4, True, MARGIN_POINTS)] and fake.final_looks == [4, 4]
+    assert "the look at R = 4 was the last (final-look.json: budget: ...); its alpha is spent" \
+        in capsys.readouterr().out
 
 
 def test_a_fixed_design_runs_every_replicate_in_one_batch_without_a_look(monkeypatch, tmp_path):
