@@ -555,7 +555,6 @@ def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainabl
     return failed
 
 
-
 def run_sweep(cfg: SweepConfig, options: RunOptions = RunOptions(), dataset=None, *,
               exp: Experiment | None = None, validated: bool = False) -> str:
     """Run (or resume) a whole sweep; returns the experiment directory.
