@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "setup: done"
 
-test: $(STAMP)           ## run the test suite (offline; local S3, PostgreSQL and Ray clusters; about 35 min on 2 cores)
+test: $(STAMP)           ## run the test suite (offline; local S3, PostgreSQL and Ray clusters; 24-60 min on 2 cores)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -151,8 +151,11 @@ def test_corrupt_or_absent_meta_is_none_with_a_note(handmade, tmp_path):
     shutil.copytree(handmade, exp)
     (exp / "config.yaml").write_text("arms: [relu")
     (exp / "data.json").unlink()
+    (exp / "final-look.json").write_text('{"replicates": 3')
     res = load_results([exp])
-    assert res.meta["exp"] == {"config": None, "data": None}
+    assert res.meta["exp"] == {"config": None, "data": None, "final_look": None}
+    assert [n for n in res.notes if "final-look.json" in n] == [
+        f"{exp / 'final-look.json'}: not valid JSON object; ignored"]
     assert [n for n in res.notes if "config.yaml" in n] == [f"{exp / 'config.yaml'}: not valid YAML mapping; "
                                                             f"ignored"]
     assert not any("data.json" in n for n in res.notes)  # data.json is optional: absent is not damage
@@ -207,7 +210,8 @@ def test_any_ray_tune_experiment_with_the_contract_keys_loads(tmp_path):
     assert t["stage"].tolist() == ["confirm", "confirm", "search", "search"]
     assert t["arm"].tolist() == ["a", "b", "selu", "c"] and t["replicate"].tolist() == [1, 2, 0, 0]
     assert t["seed"].tolist()[:3] == [1, 2, 3] and math.isnan(t["seed"].iloc[3])
-    assert (t["status"] == "finished").all() and res.meta["tune_exp"] == {"config": None, "data": None}
+    assert (t["status"] == "finished").all()
+    assert res.meta["tune_exp"] == {"config": None, "data": None, "final_look": None}
     assert any("1 trial(s) have no 'stage'" in n for n in res.notes)
     assert any("1 trial(s) have no 'seed'" in n for n in res.notes)
     assert not any("config.yaml" in n for n in res.notes)  # not a sweep: no config.yaml expected
