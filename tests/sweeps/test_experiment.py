@@ -47,6 +47,7 @@ def test_delete_removes_a_marked_sweep(tmp_path):
     exp = Experiment(str(tmp_path), "demo")
     exp.create()
     exp.write_text("config.yaml", "name: demo\n")
+    exp.write_text("final-look.json", '{"replicates": 3, "reason": "budget"}\n')  # a budget-ended sweep
     exp.delete()
     assert not (tmp_path / "demo").exists()
 
