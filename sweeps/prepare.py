@@ -106,11 +106,16 @@ def final_look_record(exp: Experiment) -> dict | None:
     if text is None:
         return None
     try:
-        return checked(parse_json(text))
+        value = parse_json(text)
     except ValueError as exc:
-        why = str(exc).split(": ", 1)[-1] if str(exc).startswith(FINAL_LOOK_FILE) else f"invalid JSON ({exc})"
-        raise ConfigError(f"{redact(exp.join(FINAL_LOOK_FILE))}: {why}; it records the look the budget made "
-                          f"the last: restore it, or start a new sweep with --name") from None
+        why = f"invalid JSON ({exc})"
+    else:
+        try:
+            return checked(value)
+        except ValueError as exc:
+            why = str(exc).removeprefix(f"{FINAL_LOOK_FILE}: ")
+    raise ConfigError(f"{redact(exp.join(FINAL_LOOK_FILE))}: {why}; it records the look the budget made "
+                      f"the last: restore it, or start a new sweep with --name")
 
 
 def _refuse_foreign(exp: Experiment, options: RunOptions) -> None:

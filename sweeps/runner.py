@@ -422,7 +422,7 @@ def _search_results(exp: Experiment, trainable, batch: Batch):
 # Replicates until decided
 
 
-def look(cfg: SweepConfig, exp: Experiment, final: bool) -> dict:
+def look(cfg: SweepConfig, exp: Experiment, final: bool, final_look: dict | None = None) -> dict:
     """The sequential look after the completed replicate pairs (``analysis.sequential.look`` on the
     loaded results). Looks are a deterministic function of the completed pairs, so a resumed
     sweep repeats the earlier looks' boundaries and spends no alpha twice."""
@@ -430,8 +430,8 @@ def look(cfg: SweepConfig, exp: Experiment, final: bool) -> dict:
     from analysis.load import load_results
 
     plan = sequential.plan_from_config(cfg.to_dict())
-    if (record := final_look_record(exp)) is not None:
-        plan = sequential.with_final_look(plan, record)
+    if final_look is not None:  # the sweep's final-look.json, as final_look_record read it
+        plan = sequential.with_final_look(plan, final_look)
     trials = load_results([_local_copy(exp)]).trials
     return sequential.look(trials, plan, margin_points=cfg.analysis.equivalence_margin,
                            metric=cfg.analysis.primary, final=final)
@@ -544,7 +544,7 @@ def _run_stages(cfg: SweepConfig, options: RunOptions, exp: Experiment, trainabl
                     recorded = {"replicates": completed, "reason": why}
                     exp.write_text(FINAL_LOOK_FILE, json.dumps(recorded) + "\n")
             last = recorded is not None and recorded["replicates"] <= completed
-            decision = look(cfg, exp, final=nxt is None or last)
+            decision = look(cfg, exp, final=nxt is None or last, final_look=recorded)
             print(look_line(decision), flush=True)
             if decision.get("decision") in ("winner", "equivalent"):
                 break
